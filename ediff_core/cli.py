@@ -1,0 +1,231 @@
+"""``python -m ediff_core {generate,info,train,eval,bench}``: thin shells over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .request import RequestError
+
+
+def _add_generation_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompt", help="what to draw")
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="base sampler steps (model default if omitted)")
+    p.add_argument("--sr-steps", type=int, default=None, help="super-resolution sampler steps")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--sampler", default=None, help="euler | heun | dpmpp_2m")
+    p.add_argument("--encoders", default="both", help="both | t5 | clip")
+    p.add_argument("--style-image", default=None, help="reference image whose CLIP embedding sets the style")
+    p.add_argument("--style-strength", type=float, default=1.0)
+    p.add_argument("--paint", default=None, help="colour sketch for paint-with-words")
+    p.add_argument("--phrase", action="append", default=[], help="'#RRGGBB=words of the prompt' (repeatable)")
+    p.add_argument("--pww-weight", type=float, default=0.4)
+    p.add_argument("--switch-prompt", default=None, help="prompt used below --switch-sigma (Fig. 4)")
+    p.add_argument("--switch-sigma", type=float, default=None)
+    p.add_argument("--num-images", type=int, default=1)
+    p.add_argument("--no-dynamic-threshold", action="store_true")
+    p.add_argument("--out", default="outputs", help="output folder, or a .png path for one image")
+
+
+def _request_from(ns: dict):
+    """A ``GenerationRequest`` from flag values (CLI namespace or a --prompts-file line)."""
+    from PIL import Image
+
+    from .request import GenerationRequest
+
+    style = None
+    if ns.get("style_image"):
+        style = _open_image(ns["style_image"], "style_image")
+    paint = None
+    if ns.get("paint"):
+        from .paint_with_words import PaintSpec
+
+        paint = PaintSpec.from_cli(_open_image(ns["paint"], "paint"), ns.get("phrase") or [])
+    elif ns.get("phrase"):
+        raise RequestError("phrase", "--phrase needs --paint (the sketch it maps colours of)")
+    return GenerationRequest(
+        prompt=ns.get("prompt") or "",
+        negative_prompt=ns.get("negative_prompt") or "",
+        seed=ns.get("seed", 0),
+        steps=ns.get("steps"),
+        sr_steps=ns.get("sr_steps"),
+        guidance=ns.get("guidance"),
+        sampler=ns.get("sampler"),
+        encoders=ns.get("encoders", "both"),
+        num_images=ns.get("num_images", 1),
+        style_image=style,
+        style_strength=ns.get("style_strength", 1.0),
+        paint=paint,
+        pww_weight=ns.get("pww_weight", 0.4),
+        switch_prompt=ns.get("switch_prompt"),
+        switch_sigma=ns.get("switch_sigma"),
+        dynamic_threshold=not ns.get("no_dynamic_threshold", False),
+    )
+
+
+def _open_image(path: str, field: str):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(path)
+        img.load()
+        return img
+    except FileNotFoundError:
+        raise RequestError(field, f"no such file: {path}") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise RequestError(field, f"{path} is not a readable image ({e})") from None
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .pipeline import EDiffPipeline, save_png
+
+    lines = []
+    if args.prompts_file:
+        defaults = {k: v for k, v in vars(args).items()}
+        for n, line in enumerate(Path(args.prompts_file).read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    item = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise RequestError("prompts_file", f"line {n} is not JSON: {e}") from None
+                unknown = set(item) - set(defaults)
+                if unknown:
+                    raise RequestError("prompts_file", f"line {n} has unknown keys {sorted(unknown)}")
+                if isinstance(item.get("phrase"), str):
+                    item["phrase"] = [item["phrase"]]
+                lines.append({**defaults, **item})
+    else:
+        lines.append(vars(args))
+    requests = [(_request_from(ns), ns["out"]) for ns in lines]
+    for req, _ in requests:
+        req.validate()
+    pipe = EDiffPipeline.from_pretrained(args.model, device=_device(args.device))
+    summaries = []
+    for k, (req, out) in enumerate(requests):
+        result = None
+        for event in pipe.generate(req):
+            result = event
+            if not args.json and hasattr(event, "done"):
+                print(f"\r[{k + 1}/{len(requests)}] {event.stage} step {event.step + 1}/{event.steps} σ={event.sigma:.3g} {event.expert}   ", end="", file=sys.stderr)
+        if not args.json:
+            print(file=sys.stderr)
+        paths = []
+        for i, (img, meta) in enumerate(zip(result.images, result.metadata)):
+            target = Path(out)
+            if target.suffix.lower() == ".png":
+                path = target if len(result.images) == 1 else target.with_name(f"{target.stem}_{i}.png")
+            else:
+                path = target / f"{k:04d}_{meta['seed']}.png"
+            paths.append(str(save_png(img, path, meta)))
+        summaries.append({"outputs": paths, "seed": req.seed, "settings": result.metadata[0], "experts": result.metadata[0]["experts"], "timings": result.timings})
+        if not args.json:
+            print("\n".join(paths))
+    if args.json:
+        print(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=1, default=str))
+    return 0
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RequestError("device", "cuda was asked for but torch sees no CUDA device; use auto or cpu")
+    return name
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .pipeline import EDiffPipeline
+
+    info = EDiffPipeline.from_pretrained(args.model, device=_device(args.device)).info()
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    print(f"model {info['name']}  resolutions {info['resolutions']}  parameters {info['parameters']:,}")
+    for k, e in info["encoders"].items():
+        print(f"  encoder {k}: {e}")
+    for st in info["stages"]:
+        print(f"  stage {st['name']} ({st['resolution']}px)")
+        for e in st["experts"]:
+            hi = "inf" if e["sigma_max"] is None else f"{e['sigma_max']:.4g}"
+            print(f"    {e['name']:>20}  σ ∈ [{e['sigma_min']:.4g}, {hi})  {e['parameters']:,} params")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import run
+
+    overrides = {k: v for k, v in {"base_steps": args.base_steps, "expert_steps": args.expert_steps, "sr_steps": args.sr_steps, "threads": args.threads, "batch_size": args.batch_size}.items() if v is not None}
+    run(args.preset, args.stage, Path(args.out), resume=args.resume, overrides=overrides)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import main as eval_main
+
+    return eval_main(args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ediff_core", description="eDiff-I: text-to-image with an ensemble of expert denoisers")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--model", default=None, help="model folder or Hub id (default: checkpoints/ediff-mini)")
+        q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        q.add_argument("--json", action="store_true", help="print a JSON summary")
+
+    g = sub.add_parser("generate", help="text to image through the full cascade")
+    common(g)
+    _add_generation_flags(g)
+    g.add_argument("--prompts-file", default=None, help="JSONL: one request per line, keys = flag names with _")
+    g.set_defaults(func=cmd_generate)
+
+    i = sub.add_parser("info", help="describe the model: encoders, experts and σ intervals, parameters")
+    common(i)
+    i.set_defaults(func=cmd_info)
+
+    t = sub.add_parser("train", help="train encoders, base experts and super-resolution from a preset")
+    t.add_argument("--preset", default="mini")
+    t.add_argument("--stage", default="all", help="encoders | base | experts | sr | all")
+    t.add_argument("--out", required=True)
+    t.add_argument("--resume", action="store_true")
+    for name in ("base-steps", "expert-steps", "sr-steps", "threads", "batch-size"):
+        t.add_argument(f"--{name}", type=int, default=None)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="alignment and quality metrics; the paper-style experiments")
+    common(e)
+    e.add_argument("--suite", default="alignment", help="alignment | paint | style | paper")
+    e.add_argument("--n", type=int, default=None, help="prompts per category")
+    e.add_argument("--out", default=None)
+    e.add_argument("--quick", action="store_true")
+    e.add_argument("--steps", type=int, default=None)
+    e.set_defaults(func=cmd_eval)
+
+    b = sub.add_parser("bench", help="speed and memory figures")
+    common(b)
+    b.add_argument("--quick", action="store_true")
+    b.add_argument("--compile", default="none", choices=["auto", "tensorrt", "torch", "none"])
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (RequestError, FileNotFoundError, NotADirectoryError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,341 @@
+"""The one generation function (shared by the CLI, the model server and the UI) and the cascade.
+
+prompt → encoders (T5, CLIP text, CLIP image) → base expert ensemble at 32² (or 64²)
+→ super-resolution stages → images with metadata (§4.2, Fig. 2 of the paper).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+from torch import Tensor
+
+from .conditioning import Cond, select_encoders
+from .embed import EncoderSet
+from .experts import ExpertEnsemble, ExpertSpec, Interval
+from .guidance import CFGDenoiser, GuidedCond, ThresholdedDenoiser
+from .model_folder import ExpertEntry, ModelIndex, StageEntry, default_model_path, read_index, resolve_folder, write_index
+from .networks import EDiffUNet, denoiser
+from .request import GenerationRequest, RequestError
+from .samplers import Step, get_sampler, initial_noise, karras_sigmas, nfe
+
+DEFAULTS = {"steps": 25, "sr_steps": 10, "guidance": 3.0, "sr_guidance": 1.0, "sampler": "dpmpp_2m"}
+
+
+@dataclass
+class Stage:
+    """One resolution of the cascade with its expert ensemble."""
+
+    name: str
+    resolution: int
+    ensemble: ExpertEnsemble
+    aug_sigma: float = 0.0  # SR: noise-conditioning augmentation level of the low-res input
+    is_sr: bool = False
+
+
+@dataclass
+class Progress:
+    """Emitted after every denoiser evaluation."""
+
+    stage: str
+    step: int  # 0-based step of this stage's schedule
+    steps: int
+    sigma: float
+    expert: str
+    done: int  # evaluations done over the whole cascade
+    total: int
+
+
+@dataclass
+class GenerationResult:
+    images: list[Image.Image]  # final resolution
+    stage_images: dict[str, list[Image.Image]]  # every stage's output, by stage name
+    metadata: list[dict]  # one per image: seed, settings, experts per step, timings
+    timings: dict[str, float]
+    attention: dict | None = None  # cross-attention statistics when requested
+
+    def png_info(self, k: int) -> PngInfo:
+        return png_info(self.metadata[k])
+
+
+# A hook through which every denoiser evaluation goes: (stage, D, x, σ, cond) -> D(x, σ, cond).
+Evaluate = Callable[[Stage, Callable, Tensor, Tensor, GuidedCond], Tensor]
+
+
+def _direct(stage: Stage, D: Callable, x: Tensor, sigma: Tensor, gc: GuidedCond) -> Tensor:
+    return D(x, sigma, gc)
+
+
+class EDiffPipeline:
+    """Encoders + base ensemble + super-resolution stages, loaded once.
+
+    Args:
+        encoders: the three frozen encoders.
+        base: the base stage; ``sr``: super-resolution stages in order.
+        name: shown in metadata. ``defaults``: sampler settings the model was tuned for.
+    """
+
+    def __init__(self, encoders: EncoderSet, base: Stage, sr: list[Stage], name: str = "ediff", defaults: dict | None = None, device: str | torch.device = "cpu"):
+        self.encoders, self.base, self.sr, self.name = encoders, base, list(sr), name
+        self.defaults = {**DEFAULTS, **(defaults or {})}
+        self.device = torch.device(device)
+        self.card: dict = {}
+
+    @property
+    def stages(self) -> list[Stage]:
+        return [self.base, *self.sr]
+
+    # ------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> "EDiffPipeline":
+        """Loads a model folder (``model_index.json``), a Hub id when online, or the embedded default."""
+        from .embed import load_encoder_set
+
+        folder = resolve_folder(path if path is not None else default_model_path())
+        index = read_index(folder)
+
+        def enc_path(p: str) -> str:
+            return str(folder / p) if (folder / p).exists() else p
+
+        encoders = load_encoder_set(enc_path(index.encoders["t5"]), enc_path(index.encoders["clip"]), device)
+        stages = [_load_stage(folder, s, is_sr=i > 0, device=device) for i, s in enumerate([index.base, *index.super_resolution])]
+        pipe = cls(encoders, stages[0], stages[1:], index.name, index.defaults, device)
+        pipe.card = index.card
+        return pipe
+
+    def save_index(self, folder: Path, encoder_paths: dict[str, str]) -> None:
+        """Writes ``model_index.json`` for networks already saved under ``folder/<stage>/<expert>``."""
+
+        def entry(stage: Stage) -> StageEntry:
+            return StageEntry(
+                stage.name,
+                stage.resolution,
+                [ExpertEntry(s.name, f"{stage.name}/{s.name}", s.interval.lo, s.interval.hi, s.guidance) for s in stage.ensemble.specs],
+                stage.aug_sigma,
+            )
+
+        write_index(folder, ModelIndex(self.name, encoder_paths, entry(self.base), [entry(s) for s in self.sr], self.defaults, self.card))
+
+    def save_pretrained(self, folder: str | Path, encoder_paths: dict[str, str]) -> None:
+        """Saves every network as fp16 safetensors and the index (encoders are saved by their own code)."""
+        folder = Path(folder)
+        for stage in self.stages:
+            for spec, exp in zip(stage.ensemble.specs, stage.ensemble.experts):
+                exp.net.half().save_pretrained(folder / stage.name / spec.name, safe_serialization=True)
+                exp.net.float()
+        self.save_index(folder, encoder_paths)
+
+    # ------------------------------------------------------------ description
+
+    def info(self) -> dict:
+        """Encoders, resolutions, each expert with its σ interval, parameter counts."""
+
+        def params(m: torch.nn.Module) -> int:
+            return sum(p.numel() for p in m.parameters())
+
+        stages = []
+        for st in self.stages:
+            stages.append(
+                {
+                    "name": st.name,
+                    "resolution": st.resolution,
+                    "aug_sigma": st.aug_sigma if st.is_sr else None,
+                    "experts": [
+                        {"name": s.name, "sigma_min": s.interval.lo, "sigma_max": None if s.interval.hi == float("inf") else s.interval.hi, "guidance": s.guidance, "parameters": params(e)}
+                        for s, e in zip(st.ensemble.specs, st.ensemble.experts)
+                    ],
+                }
+            )
+        enc = self.encoders
+        encoders = {
+            "t5": {"dim": enc.t5.dim, "max_length": enc.t5.max_length, "parameters": _count(enc.t5)},
+            "clip_text": {"dim": enc.clip_text.dim, "pooled_dim": enc.clip_text.pooled_dim, "max_length": enc.clip_text.max_length, "parameters": _count(enc.clip_text)},
+            "clip_image": {"dim": enc.clip_image.dim, "image_size": enc.clip_image.image_size, "parameters": _count(enc.clip_image)},
+        }
+        return {
+            "name": self.name,
+            "device": str(self.device),
+            "resolutions": [st.resolution for st in self.stages],
+            "encoders": encoders,
+            "experts": stages[0]["experts"],
+            "stages": stages,
+            "defaults": self.defaults,
+            "parameters": sum(e["parameters"] for s in stages for e in s["experts"]),
+            "card": self.card,
+        }
+
+    # ------------------------------------------------------------ generation
+
+    def resolve(self, req: GenerationRequest) -> GenerationRequest:
+        """Validates and fills the model's defaults."""
+        req.validate()
+        return replace(req, **{k: getattr(req, k) if getattr(req, k) is not None else self.defaults[k] for k in DEFAULTS})
+
+    def conditioning(self, req: GenerationRequest) -> tuple[GuidedCond, GuidedCond | None, dict]:
+        """The base stage's guided conditioning, the switched prompt's, and notes (e.g. truncation)."""
+        n = req.num_images
+        notes: dict = {}
+        for enc in (self.encoders.t5, self.encoders.clip_text):
+            if enc.truncated(req.prompt):
+                notes.setdefault("truncated", []).append(f"{enc.name}: prompt longer than {enc.max_length} tokens was truncated")
+        images = None
+        if req.style_image is not None and req.style_strength > 0:
+            from .style import reference_tensor
+
+            images = reference_tensor(req.style_image).expand(n, -1, -1, -1)
+        cond = select_encoders(self.encoders.encode([req.prompt] * n, images, self.device), req.encoders)
+        if images is not None:
+            cond = replace(cond, image_embed=cond.image_embed * req.style_strength)
+        if req.paint is not None:
+            from .paint_with_words import token_maps
+
+            cond = token_maps(self, req, cond)
+        if req.negative_prompt:
+            uncond = select_encoders(self.encoders.encode([req.negative_prompt] * n, None, self.device), req.encoders)
+        else:
+            uncond = cond.unconditional()
+        scale = torch.full((n,), float(req.guidance))
+        gc = GuidedCond(cond, uncond, scale)
+        switched = None
+        if req.switch_prompt is not None:
+            c2 = select_encoders(self.encoders.encode([req.switch_prompt] * n, images, self.device), req.encoders)
+            switched = GuidedCond(c2, uncond, scale)
+        return gc, switched, notes
+
+    def generate(self, req: GenerationRequest, evaluate: Evaluate = _direct) -> Iterator[Progress | GenerationResult]:
+        """Yields ``Progress`` after every denoiser evaluation, then one ``GenerationResult``."""
+        req = self.resolve(req)
+        t_start = time.perf_counter()
+        timings: dict[str, float] = {}
+        seeds = [req.seed + k for k in range(req.num_images)]
+        with torch.inference_mode():
+            gc, switched, notes = self.conditioning(req)
+            timings["encoders"] = time.perf_counter() - t_start
+            total = nfe(req.sampler, req.steps) + sum(nfe(req.sampler, req.sr_steps) for _ in self.sr)
+            done = 0
+            trace: dict[str, list[dict]] = {}
+            x = None
+            stage_images: dict[str, list[Image.Image]] = {}
+            for si, stage in enumerate(self.stages):
+                t0 = time.perf_counter()
+                steps = req.steps if si == 0 else req.sr_steps
+                sigmas = karras_sigmas(steps, req.sigma_min, req.sigma_max)
+                noise_seeds = [s + 7919 * si for s in seeds]
+                if stage.is_sr:
+                    lowres = torch.nn.functional.interpolate(x.clamp(-1, 1), size=(stage.resolution,) * 2, mode="bilinear", align_corners=False)
+                    aug = initial_noise([s + 104729 for s in noise_seeds], tuple(lowres.shape[1:]), stage.aug_sigma, self.device)
+                    lr_cond = {"lowres": lowres + aug, "aug_sigma": torch.full((len(seeds),), stage.aug_sigma, device=self.device)}
+                    sr_scale = torch.full((len(seeds),), float(req.sr_guidance))
+                    plain = replace(gc.cond, token_maps=None, pww_weight=None)
+                    stage_gc = GuidedCond(replace(plain, **lr_cond), replace(gc.uncond, **lr_cond), sr_scale)
+                else:
+                    stage_gc = gc
+                D = CFGDenoiser(stage.ensemble)
+                if req.dynamic_threshold:
+                    D = ThresholdedDenoiser(D)
+                x = initial_noise(noise_seeds, (3, stage.resolution, stage.resolution), float(sigmas[0]), self.device)
+                program = get_sampler(req.sampler)(x, sigmas)
+                trace[stage.name] = []
+                try:
+                    step: Step = next(program)
+                    while True:
+                        use = self._at_sigma(stage_gc, switched if si == 0 else None, req, step.sigma)
+                        sigma = torch.full((step.x.shape[0],), step.sigma, dtype=torch.float32, device=self.device)
+                        denoised = evaluate(stage, D, step.x, sigma, use)
+                        expert = stage.ensemble.specs[int(stage.ensemble.expert_index(sigma[:1])[0])].name
+                        trace[stage.name].append({"step": step.index, "sigma": round(step.sigma, 6), "expert": expert})
+                        done += 1
+                        yield Progress(stage.name, step.index, steps, step.sigma, expert, done, total)
+                        step = program.send(denoised)
+                except StopIteration as finished:
+                    x = finished.value
+                timings[stage.name] = time.perf_counter() - t0
+                stage_images[stage.name] = to_pil(x)
+        timings["total"] = time.perf_counter() - t_start
+        images = stage_images[self.stages[-1].name]
+        settings = req.settings()
+        metadata = [
+            {
+                "model": self.name,
+                **settings,
+                "seed": s,
+                "size": f"{images[0].width}x{images[0].height}",
+                "experts": trace,
+                "timings": {k: round(v, 4) for k, v in timings.items()},
+                **notes,
+            }
+            for s in seeds
+        ]
+        yield GenerationResult(images, stage_images, metadata, timings)
+
+    def _at_sigma(self, gc: GuidedCond, switched: GuidedCond | None, req: GenerationRequest, sigma: float) -> GuidedCond:
+        """The conditioning in force at σ: prompt switching (Fig. 4) and the style σ window."""
+        if switched is not None and sigma < req.switch_sigma:
+            gc = switched
+        if req.style_sigma is not None and not (req.style_sigma[0] <= sigma <= req.style_sigma[1]):
+            keep = torch.ones_like(gc.cond.keep)
+            keep[:, 2] = False
+            gc = GuidedCond(gc.cond.with_keep(keep), gc.uncond, gc.scale)
+        return gc
+
+    def __call__(self, req: GenerationRequest, evaluate: Evaluate = _direct) -> GenerationResult:
+        """Runs ``generate`` to the end and returns its result."""
+        for event in self.generate(req, evaluate):
+            if isinstance(event, GenerationResult):
+                return event
+        raise RuntimeError("generation ended without a result")
+
+
+def _count(m) -> int:
+    mods = [v for v in vars(m).values() if isinstance(v, torch.nn.Module)]
+    return sum(p.numel() for mod in mods for p in mod.parameters())
+
+
+def _load_stage(folder: Path, entry: StageEntry, is_sr: bool, device) -> Stage:
+    experts, specs = [], []
+    for e in entry.experts:
+        net = EDiffUNet.from_pretrained(folder / e.path, low_cpu_mem_usage=False).float().eval().requires_grad_(False).to(device)
+        experts.append(denoiser(net))
+        specs.append(ExpertSpec(e.name, Interval(e.sigma_min, e.sigma_max), e.guidance))
+    return Stage(entry.name, entry.resolution, ExpertEnsemble(experts, specs).eval(), entry.aug_sigma, is_sr)
+
+
+def to_pil(x: Tensor) -> list[Image.Image]:
+    """(B,3,H,W) in [-1,1] -> PIL images."""
+    a = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(np.ascontiguousarray(im)) for im in a]
+
+
+def parameters_text(meta: dict) -> str:
+    """A1111-style ``parameters`` text."""
+    lines = [meta.get("prompt", "")]
+    if meta.get("negative_prompt"):
+        lines.append(f"Negative prompt: {meta['negative_prompt']}")
+    lines.append(
+        f"Steps: {meta.get('steps')}, Sampler: {meta.get('sampler')}, CFG scale: {meta.get('guidance')}, Seed: {meta.get('seed')}, "
+        f"Size: {meta.get('size')}, Model: {meta.get('model')}, Encoders: {meta.get('encoders')}, SR steps: {meta.get('sr_steps')}"
+    )
+    return "\n".join(lines)
+
+
+def png_info(meta: dict) -> PngInfo:
+    info = PngInfo()
+    info.add_text("parameters", parameters_text(meta))
+    info.add_text("ediff", json.dumps(meta, default=str))
+    return info
+
+
+def save_png(image: Image.Image, path: str | Path, meta: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, pnginfo=png_info(meta))
+    return path

@@ -1,0 +1,353 @@
+"""Training: the shared base model, σ-tree branching into experts (§4.1, App. B), super-resolution.
+
+Every run is a list of *jobs*; a job trains one network on one σ interval from an initial state,
+checkpoints every ``save_every`` steps under ``OUT/_train/JOB/`` (fp32 weights, EMA and AdamW
+state in safetensors) and exports its EMA weights in fp16 to the model folder ``OUT``.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .conditioning import DROPOUT_RATES, Cond, drop_embeddings
+from .embed import EncoderSet
+from .experts import ExpertSpec, Interval, three_expert_specs
+from .loss import EDMLoss
+from .networks import EDiffUNet, build_unet, denoiser
+
+CAPTION_MIX = {"short": 0.4, "medium": 0.3, "long": 0.3}
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of one preset; saved with every job so a run can be reproduced."""
+
+    base_unet: str = "mini"
+    sr_unet: str = "mini_sr"
+    base_resolution: int = 32  # the base model's side (Shapes World: Lanczos 64 -> 32)
+    sr_resolution: int = 64  # the super-resolution stage's output side
+    sr_crop: int = 32  # SR trains on random crops (as eDiff-I's SR1024 does on 256 crops)
+    batch_size: int = 32
+    lr: float = 3e-4  # paper: 1e-4 at batch 2048; higher here because the budget is ~10^3 steps
+    warmup: int = 100  # linear learning-rate warm-up, steps
+    weight_decay: float = 0.01  # AdamW, as the paper
+    ema_decay: float = 0.999  # capped by (1 + step) / (10 + step) early on
+    base_steps: int = 2000  # the shared model on all of p(σ)
+    expert_steps: int = 400  # each expert's fine-tuning on its interval
+    sr_steps: int = 600
+    high_level: int = 5  # the high-noise leaf E^high_(2^high − 1); the paper uses 9
+    low_level: int = 3  # the low-noise leaf E^low_0, as the paper
+    dropout: dict[str, float] = field(default_factory=lambda: dict(DROPOUT_RATES))
+    sr_aug_max: float = 0.4  # noise-conditioning augmentation σ ~ U(0, sr_aug_max) on the low-res input
+    save_every: int = 100
+    seed: int = 0
+    threads: int = 2
+    data_workers: int = 1
+
+
+PRESETS: dict[str, TrainConfig] = {
+    "mini": TrainConfig(),
+    "tiny": TrainConfig(base_unet="tiny", sr_unet="tiny", batch_size=4, base_steps=3, expert_steps=2, sr_steps=2, warmup=1, save_every=2, data_workers=0),
+}
+
+
+# ---------------------------------------------------------------- data
+
+
+class ShapesStream(IterableDataset):
+    """Endless Shapes World training samples: 64-px image, base-resolution image, degraded low-res, a caption."""
+
+    def __init__(self, cfg: TrainConfig, seed: int):
+        self.cfg, self.seed = cfg, seed
+
+    def __iter__(self) -> Iterator[dict]:
+        from .data.shapes_world import SPLITS, captions, render, sample_scene
+
+        info = get_worker_info()
+        wid = info.id if info is not None else 0
+        rng = random.Random(self.seed * 7919 + wid)
+        lo, hi = SPLITS["train"].start, SPLITS["train"].stop
+        kinds, weights = list(CAPTION_MIX), list(CAPTION_MIX.values())
+        while True:
+            scene = sample_scene(rng.randrange(lo, hi), "train")
+            img = render(scene, self.cfg.sr_resolution)
+            small = img.resize((self.cfg.base_resolution,) * 2, Image.LANCZOS)
+            yield {
+                "image": _to_tensor(img),
+                "base": _to_tensor(small),
+                "degraded": _to_tensor(_degrade(small, rng)),
+                "caption": captions(scene)[rng.choices(kinds, weights)[0]],
+            }
+
+
+def _to_tensor(img: Image.Image) -> Tensor:
+    return torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
+
+
+def _degrade(img: Image.Image, rng: random.Random) -> Image.Image:
+    """Random low-resolution degradations for SR training (§4.2: blur, JPEG, noise)."""
+    if rng.random() < 0.3:
+        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.8)))
+    if rng.random() < 0.3:
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=rng.randint(50, 95))
+        img = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    if rng.random() < 0.3:
+        a = np.asarray(img, dtype=np.float32) + np.random.default_rng(rng.randrange(2**31)).normal(0, rng.uniform(1, 6), (img.height, img.width, 3))
+        img = Image.fromarray(a.clip(0, 255).astype(np.uint8))
+    return img
+
+
+def batches(cfg: TrainConfig, seed: int) -> Iterator[dict]:
+    loader = DataLoader(ShapesStream(cfg, seed), batch_size=cfg.batch_size, num_workers=cfg.data_workers, persistent_workers=cfg.data_workers > 0)
+    yield from loader
+
+
+# ---------------------------------------------------------------- one job
+
+
+@dataclass
+class Job:
+    """One network trained on one σ interval."""
+
+    name: str  # folder name under the model folder, e.g. "base/E3_0"
+    interval: Interval
+    steps: int
+    super_resolution: bool = False
+    init: str | None = None  # another job whose final EMA weights initialise this one
+
+
+def _lr(cfg: TrainConfig, step: int) -> float:
+    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+
+
+def _save_state(path: Path, net, ema, opt, step: int, losses: list) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {f"net.{k}": v.contiguous() for k, v in net.state_dict().items()}
+    tensors |= {f"ema.{k}": v.contiguous() for k, v in ema.state_dict().items()}
+    names = {p: n for n, p in net.named_parameters()}
+    for p, st in opt.state.items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"opt.{names[p]}.{k}"] = v.contiguous()
+    save_file(tensors, str(path / "state.safetensors.tmp"))
+    (path / "state.safetensors.tmp").replace(path / "state.safetensors")
+    (path / "state.json").write_text(json.dumps({"step": step}))
+
+
+def _load_state(path: Path, net, ema, opt) -> int:
+    t = load_file(str(path / "state.safetensors"))
+    net.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("net.")})
+    ema.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("ema.")})
+    for n, p in net.named_parameters():
+        st = {k.rsplit(".", 1)[1]: v for k, v in t.items() if k.startswith(f"opt.{n}.") and k.count(".") == n.count(".") + 2}
+        if st:
+            opt.state[p] = st
+    return json.loads((path / "state.json").read_text())["step"]
+
+
+def _final_weights(out: Path, job_name: str) -> dict[str, Tensor]:
+    """A finished job's EMA weights: fp32 from its training state if present, else the fp16 export."""
+    state = out / "_train" / job_name / "state.safetensors"
+    if state.exists():
+        return {k[4:]: v for k, v in load_file(str(state)).items() if k.startswith("ema.")}
+    return EDiffUNet.from_pretrained(out / job_name, low_cpu_mem_usage=False).state_dict()
+
+
+def _conditioning(enc: EncoderSet, batch: dict, cfg: TrainConfig, gen: torch.Generator) -> Cond:
+    images01 = (batch["image"] + 1) / 2
+    cond = enc.encode(list(batch["caption"]), images01)
+    return drop_embeddings(cond, cfg.dropout, gen)
+
+
+def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = print) -> EDiffUNet:
+    """Trains (or resumes) one job; returns its EMA network and exports it to ``out/job.name``."""
+    from tqdm import tqdm
+
+    torch.manual_seed(cfg.seed)
+    state_dir = out / "_train" / job.name
+    export_dir = out / job.name
+    res = cfg.sr_crop if job.super_resolution else cfg.base_resolution
+    net = build_unet(cfg.sr_unet if job.super_resolution else cfg.base_unet, cfg.sr_resolution if job.super_resolution else res, enc.dims, job.super_resolution)
+    step = 0
+    if job.init is not None:
+        net.load_state_dict(_final_weights(out, job.init))
+    elif resume and not (state_dir / "state.json").exists() and (export_dir / "config.json").exists():
+        net.load_state_dict(EDiffUNet.from_pretrained(export_dir, low_cpu_mem_usage=False).state_dict())
+        step = json.loads((export_dir / "training.json").read_text()).get("step", 0) if (export_dir / "training.json").exists() else 0
+        log(f"{job.name}: warm start from exported weights at step {step} (no optimizer state)")
+    net = net.float().train()
+    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if resume and (state_dir / "state.json").exists():
+        step = _load_state(state_dir, net, ema, opt)
+        log(f"{job.name}: resumed at step {step}")
+    if step >= job.steps:
+        log(f"{job.name}: already at step {step} >= {job.steps}")
+        return ema
+    loss_fn = EDMLoss(interval=job.interval.as_loss_interval())
+    D = denoiser(net)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + step)
+    csv_path = state_dir / "loss.csv"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    new_csv = not csv_path.exists()
+    f = open(csv_path, "a", newline="")
+    writer = csv.writer(f)
+    if new_csv:
+        writer.writerow(["step", "loss", "lr", "seconds"])
+    t0 = time.time()
+    data = batches(cfg, cfg.seed * 100003 + step)
+    bar = tqdm(total=job.steps, initial=step, desc=job.name, mininterval=10, smoothing=0.05)
+    running = None
+    for batch in data:
+        cond = _conditioning(enc, batch, cfg, gen)
+        x0 = batch["base"]
+        if job.super_resolution:
+            x0, cond = _sr_inputs(batch, cond, cfg, gen)
+        for g in opt.param_groups:
+            g["lr"] = _lr(cfg, step)
+        loss = loss_fn(D, x0, cond, gen).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pn in zip(ema.parameters(), net.parameters()):
+                pe.lerp_(pn, 1 - decay)
+        step += 1
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        writer.writerow([step, f"{loss.item():.5f}", f"{_lr(cfg, step - 1):.2e}", f"{time.time() - t0:.1f}"])
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.4f}")
+        if step % cfg.save_every == 0 or step >= job.steps:
+            f.flush()
+            _save_state(state_dir, net, ema, opt, step, [])
+            export(ema, export_dir, step, cfg)
+        if step >= job.steps:
+            break
+    bar.close()
+    f.close()
+    log(f"{job.name}: step {step}, smoothed loss {running:.4f}, {time.time() - t0:.0f} s")
+    return ema
+
+
+def _sr_inputs(batch: dict, cond: Cond, cfg: TrainConfig, gen: torch.Generator) -> tuple[Tensor, Cond]:
+    """Upsampled degraded low-res input with noise augmentation, and a shared random crop."""
+    hr = batch["image"]
+    lr = torch.nn.functional.interpolate(batch["degraded"], size=hr.shape[-2:], mode="bilinear", align_corners=False)
+    B = hr.shape[0]
+    aug = torch.rand(B, generator=gen) * cfg.sr_aug_max
+    aug = torch.where(torch.rand(B, generator=gen) < 0.2, torch.zeros_like(aug), aug)
+    lr = lr + aug.reshape(-1, 1, 1, 1) * torch.randn(lr.shape, generator=gen)
+    c = cfg.sr_crop
+    i, j = (int(v) for v in torch.randint(0, hr.shape[-1] - c + 1, (2,), generator=gen))
+    return hr[..., i : i + c, j : j + c], replace(cond, lowres=lr[..., i : i + c, j : j + c], aug_sigma=aug)
+
+
+def export(net: EDiffUNet, folder: Path, step: int, cfg: TrainConfig) -> None:
+    """Saves fp16 safetensors weights and the training record of one network."""
+    half = copy.deepcopy(net).half()
+    half.save_pretrained(folder, safe_serialization=True)
+    (folder / "training.json").write_text(json.dumps({"step": step, "config": asdict(cfg)}, indent=1))
+
+
+# ---------------------------------------------------------------- stages
+
+
+def base_jobs(cfg: TrainConfig) -> list[Job]:
+    return [Job("base/shared", Interval(0.0, math.inf), cfg.base_steps)]
+
+
+def expert_jobs(cfg: TrainConfig) -> tuple[list[ExpertSpec], list[Job]]:
+    """The three experts branched from the shared model, and the equal-samples single baseline."""
+    specs = three_expert_specs(cfg.high_level, cfg.low_level)
+    jobs = [Job(f"base/{s.name}", s.interval, cfg.expert_steps, init="base/shared") for s in specs]
+    # Fig. 7's baseline: the shared model trained on as many more samples as the experts saw.
+    jobs.append(Job("base/baseline", Interval(0.0, math.inf), len(specs) * cfg.expert_steps, init="base/shared"))
+    return specs, jobs
+
+
+def sr_jobs(cfg: TrainConfig) -> list[Job]:
+    return [Job("sr64/single", Interval(0.0, math.inf), cfg.sr_steps, super_resolution=True)]
+
+
+# ---------------------------------------------------------------- runs
+
+STAGES = ("encoders", "base", "experts", "sr", "all")
+
+
+def load_training_encoders(out: Path) -> EncoderSet:
+    from .embed import load_encoder_set
+
+    if not (out / "t5").exists() or not (out / "clip").exists():
+        raise FileNotFoundError(f"{out} has no trained encoders (t5/, clip/); run the 'encoders' stage first")
+    return load_encoder_set(str(out / "t5"), str(out / "clip"), "cpu")
+
+
+def write_model_index(out: Path, cfg: TrainConfig, name: str = "ediff-mini") -> None:
+    """Indexes whatever the run has exported: three experts when all exist, else the shared model."""
+    from .model_folder import ExpertEntry, ModelIndex, StageEntry, write_index
+
+    specs, _ = expert_jobs(cfg)
+    if all((out / "base" / s.name / "config.json").exists() for s in specs):
+        experts = [ExpertEntry(s.name, f"base/{s.name}", s.interval.lo, s.interval.hi) for s in specs]
+    else:
+        experts = [ExpertEntry("shared", "base/shared", 0.0, math.inf)]
+    sr = []
+    if (out / "sr64" / "single" / "config.json").exists():
+        sr = [StageEntry("sr64", cfg.sr_resolution, [ExpertEntry("single", "sr64/single", 0.0, math.inf)], aug_sigma=0.1)]
+    card = {}
+    for job in ["base/shared", *[f"base/{s.name}" for s in specs], "base/baseline", "sr64/single"]:
+        rec = out / job / "training.json"
+        if rec.exists():
+            card[job] = {"step": json.loads(rec.read_text())["step"]}
+    index = ModelIndex(name, {"t5": "t5", "clip": "clip"}, StageEntry("base", cfg.base_resolution, experts), sr, {}, {"trained_steps": card, "batch_size": cfg.batch_size})
+    write_index(out, index)
+
+
+def run(preset: str, stage: str, out: Path, resume: bool = False, overrides: dict | None = None, log: Callable[[str], None] = print) -> None:
+    """``python -m ediff_core train``: runs a stage (or all) of a preset into the model folder ``out``."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {preset!r}")
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {', '.join(STAGES)}; got {stage!r}")
+    cfg = replace(PRESETS[preset], **(overrides or {}))
+    torch.set_num_threads(cfg.threads)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "_train").mkdir(exist_ok=True)
+    (out / "_train" / "preset.json").write_text(json.dumps({"preset": preset, **asdict(cfg)}, indent=1))
+    if stage in ("encoders", "all"):
+        from .encoders import train_mini
+
+        train_mini.train_mini_t5(out / "t5", steps=None if preset == "mini" else 2, seed=cfg.seed, log=log)
+        train_mini.train_mini_clip(out / "clip", steps=None if preset == "mini" else 2, seed=cfg.seed, log=log)
+    if stage == "encoders":
+        return
+    enc = load_training_encoders(out)
+    jobs: list[Job] = []
+    if stage in ("base", "all"):
+        jobs += base_jobs(cfg)
+    if stage in ("experts", "all"):
+        jobs += expert_jobs(cfg)[1]
+    if stage in ("sr", "all"):
+        jobs += sr_jobs(cfg)
+    for job in jobs:
+        train_job(job, out, enc, cfg, resume=resume, log=log)
+        write_model_index(out, cfg)
