@@ -32,6 +32,31 @@ WEIGHTS_FILE = "open_clip_model.safetensors"
 PAD_STRING = "<pad>"
 
 
+def text_tower(model: torch.nn.Module, text: Tensor, crop: bool = False) -> tuple[Tensor, Tensor]:
+    """Per-token features after `ln_final` (B, L, W) and the pooled projected feature (B, E).
+
+    Mirrors `open_clip.model.CLIP.encode_text` (open_clip 3.x) but keeps the token features.
+    crop: run only the first max(EOT position) + 1 positions; with the causal mask this gives
+        the same features there (training uses it; the encoder always returns all 77).
+    """
+    from open_clip.transformer import text_global_pool
+
+    m = model
+    length = text.shape[1]
+    if crop and m.text_pool_type == "argmax" and not getattr(m.transformer, "grad_checkpointing", False):
+        length = int(text.argmax(dim=-1).max()) + 1
+        text = text[:, :length]
+    x = m.token_embedding(text) + m.positional_embedding[:length]  # (B, L, W)
+    mask = m.attn_mask[:length, :length] if m.attn_mask is not None else None
+    x = m.transformer(x, attn_mask=mask)
+    x = m.ln_final(x)  # (B, L, W)
+    pooled = text_global_pool(x, text, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None))
+    if m.text_projection is not None:
+        proj = m.text_projection
+        pooled = proj(pooled) if isinstance(proj, torch.nn.Linear) else pooled @ proj
+    return x, pooled
+
+
 class CLIPTextEncoder:
     """CLIP text tower as a :class:`~ediff_core.encoders.base.TextEncoder` (name "clip").
 
@@ -61,17 +86,8 @@ class CLIPTextEncoder:
         """Per-token features, mask (True from SOT through EOT) and pooled projected EOT feature."""
         if isinstance(prompts, str):
             raise TypeError("encode takes a list of prompts, not a single string")
-        from open_clip.transformer import text_global_pool
-
-        m = self.model
         text = self.tokenize(prompts).to(self.device)  # (B, L)
-        # Mirrors open_clip.model.CLIP.encode_text (3.x), stopping before the pooling.
-        x = m.token_embedding(text) + m.positional_embedding  # (B, L, W)
-        x = m.transformer(x, attn_mask=m.attn_mask)
-        x = m.ln_final(x)  # (B, L, W)
-        pooled = text_global_pool(x, text, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None))
-        if m.text_projection is not None:
-            pooled = m.text_projection(pooled) if isinstance(m.text_projection, torch.nn.Linear) else pooled @ m.text_projection
+        x, pooled = text_tower(self.model, text)
         eot = (text == self.tokenizer.eot_token_id).int().argmax(dim=-1)  # (B,)
         mask = torch.arange(text.shape[1], device=text.device)[None, :] <= eot[:, None]  # (B, L)
         return TextEmbedding(tokens=x.float(), mask=mask, pooled=pooled.float())

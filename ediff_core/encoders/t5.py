@@ -140,21 +140,33 @@ def case_folding_charsmap() -> bytes:
     return bytes(spec.precompiled_charsmap)
 
 
-def train_t5_tokenizer(texts: Iterable[str], vocab_size: int = 768, extra_ids: int = 32, max_length: int = 64):
+def train_t5_tokenizer(texts: Iterable[str], vocab_size: int = 768, extra_ids: int = 32, max_length: int = 64,
+                       min_word_count: int = 5):
     """Train a lowercase SentencePiece-unigram tokenizer and wrap it as a `T5TokenizerFast`.
 
+    The subword pieces come from `tokenizers`' `SentencePieceUnigramTokenizer` trainer. On a
+    caption corpus with only ~130 word types that trainer keeps few whole words (it extracts seed
+    pieces from each *distinct* word once, so a word that is not also inside another word is
+    never a seed), so every word seen at least `min_word_count` times is added as a "▁word"
+    piece scored with its unigram log-probability; Viterbi then keeps known words whole and
+    splits unseen ones into subwords and characters.
+
     Args:
-        texts: the training corpus (captions).
-        vocab_size: unigram pieces including `<pad>`, `</s>`, `<unk>` (sentinels come on top).
+        texts: the training corpus (captions); lowercased here and by the tokenizer.
+        vocab_size: cap on the pieces including `<pad>`, `</s>`, `<unk>` (sentinels come on top).
         extra_ids: number of `<extra_id_N>` sentinels for span corruption (T5 has 100).
-        max_length: stored as the tokenizer's `model_max_length`; the encoder's default L.
+        max_length: stored as the tokenizer's `model_max_length`: the encoder's default L.
+        min_word_count: a word needs this many occurrences to become a piece of its own.
 
     Returns:
         A `T5TokenizerFast` with T5's id layout: `<pad>`=0, `</s>`=1, `<unk>`=2, pieces, then the
         sentinels in reverse (so `<extra_id_0>` is the last id). Save it with `save_pretrained`.
     """
     import json
+    import math
+    import re
     import string
+    from collections import Counter
 
     from tokenizers import SentencePieceUnigramTokenizer
     from transformers import T5TokenizerFast
@@ -175,6 +187,13 @@ def train_t5_tokenizer(texts: Iterable[str], vocab_size: int = 768, extra_ids: i
     pieces = [tuple(p) for p in json.loads(unigram.to_str())["model"]["vocab"]]
     if [p[0] for p in pieces[:3]] != ["<pad>", "</s>", "<unk>"]:
         raise RuntimeError(f"unexpected special-token layout in the trained vocabulary: {pieces[:3]}")
+    words = Counter(w for t in texts for w in re.findall(r"[a-z0-9]+", t))
+    total = sum(words.values())
+    scores = dict(pieces)
+    for w, n in words.most_common():
+        if n >= min_word_count:  # a frequent word is one piece, at least as likely as its count says
+            scores[_WORD_MARK + w] = max(scores.get(_WORD_MARK + w, -math.inf), math.log(n / total))
+    pieces = list(scores.items())[:vocab_size]
     pieces += [(f"<extra_id_{i}>", 0.0) for i in reversed(range(extra_ids))]
     tokenizer = T5TokenizerFast(vocab=pieces, extra_ids=extra_ids, _spm_precompiled_charsmap=case_folding_charsmap())
     tokenizer.model_max_length = max_length

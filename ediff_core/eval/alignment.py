@@ -1,0 +1,275 @@
+"""Text-image alignment on Shapes World ("What aligned means" in SHAPES_WORLD.md).
+
+Objects are found by colour: each pixel takes its nearest palette colour when within 70 (RGB
+Euclidean), and connected blobs of one colour are objects. Anti-aliased edges can make thin rims
+of a third colour (red on grey blends through pink); a thin blob hugging a larger blob of another
+colour is such a rim and is dropped. Each blob's shape is the template (the renderer's own
+outline, rasterised with 4×4 supersampling) that overlaps it best, and its centre is that
+template's centre. An image is aligned with a caption when every mentioned colour has the
+mentioned number of objects, no other colour appears, each object has the mentioned shape, and
+each mentioned cell and relation holds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from ediff_core.data.captions import CELL_NAMES, NUMBER_WORDS, RELATION_MARGIN, SIZE_WORDS, captions, cell_of, relation
+from ediff_core.data.shapes_world import (
+    BACKGROUNDS, COLORS, DOT_COLOR, HALFTONE_COLOR, HELD_OUT, SHADOW_COLOR, SHAPES, SIZES, STAR_DOT_COLOR, STRIPE_COLOR,
+    Scene, sample_scene, split_seed, unit_polygon,
+)
+
+COLOR_DISTANCE = 70.0  # spec: nearest palette colour within 70
+MIN_AREA = 0.3 * 1.32 * SIZES["small"] ** 2  # blobs below 30% of a small star's area (fraction of W²) are noise
+RIM_CONTACT = 0.5  # a blob with this share of its pixels touching a larger blob of another colour is a rim
+_PALETTE = np.array(list(COLORS.values()), dtype=np.float64)  # (8, 3)
+_NAMES = list(COLORS)
+# Everything an object can be blended with at its edge, besides other objects.
+_BACKDROP = np.array([*BACKGROUNDS.values(), STRIPE_COLOR, DOT_COLOR, HALFTONE_COLOR, SHADOW_COLOR, STAR_DOT_COLOR], float)
+ALPHA_RESIDUAL = 45.0  # pixels further than this from every backdrop-to-object blend get coverage 0
+_RASTER, _RASTER_EXTENT = 241, 1.2  # template rasters cover [-1.2, 1.2]² in units of r
+_SUPER = 4
+ALPHA_FLOOR = 0.08  # coverage below this is noise (paper grain, ringing) when measuring a blob  # supersampling per pixel axis
+
+
+@dataclass(frozen=True)
+class Detection:
+    color: str
+    shape: str
+    cx: float  # centre, fraction of W
+    cy: float
+    area: float  # blob area, fraction of W²
+    score: float = 1.0  # template overlap (soft IoU) of the chosen shape
+
+    @property
+    def cell(self) -> str:
+        return cell_of(self.cx, self.cy)
+
+
+@dataclass(frozen=True)
+class ObjectSpec:
+    color: str
+    shape: str
+    cell: str | None = None  # None: position not mentioned
+    size: str | None = None  # parsed for reference; alignment does not check sizes
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """What a prompt asks for; relations are (i, 'left of' | 'right of' | 'above' | 'below', j)."""
+
+    objects: tuple[ObjectSpec, ...]
+    relations: tuple[tuple[int, str, int], ...] = ()
+    style: str | None = None
+
+
+@dataclass(frozen=True)
+class AlignmentResult:
+    aligned: bool
+    counts_ok: bool
+    shapes_ok: bool
+    positions_ok: bool
+    relations_ok: bool
+    details: str
+
+
+# ---- detection ---------------------------------------------------------------------------------
+def _as_uint8(image: Image.Image | np.ndarray) -> np.ndarray:
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ValueError(f"expected an (H, W, 3) image, got shape {arr.shape}; pass a PIL image or HWC uint8 array")
+    return arr if arr.dtype == np.uint8 else np.clip(arr, 0, 255).round().astype(np.uint8)
+
+
+@lru_cache(maxsize=None)
+def _template_raster(shape: str) -> np.ndarray:
+    """Boolean (R, R) raster of `shape` over [-1.2, 1.2]² (units of r), sampled at cell centres."""
+    t = (np.arange(_RASTER) + 0.5) / _RASTER * 2 * _RASTER_EXTENT - _RASTER_EXTENT
+    u, v = np.meshgrid(t, t)
+    if shape == "circle":
+        return u**2 + v**2 <= 1.0
+    poly = unit_polygon(shape)
+    inside = np.zeros(u.shape, bool)
+    for (x0, y0), (x1, y1) in zip(poly, np.roll(poly, -1, 0)):  # even-odd rule
+        crosses = (y0 > v) != (y1 > v)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x_at = x0 + (v - y0) * (x1 - x0) / (y1 - y0)
+        inside ^= crosses & (u < x_at)
+    return inside
+
+
+@lru_cache(maxsize=None)
+def _extent(shape: str) -> tuple[float, float]:
+    """Half width and half height of the shape's outline, units of r."""
+    if shape == "circle":
+        return 1.0, 1.0
+    p = unit_polygon(shape)
+    return float(np.abs(p[:, 0]).max()), float((p[:, 1].max() - p[:, 1].min()) / 2)
+
+
+def _coverage(shape: str, cands: np.ndarray, x0: int, y0: int, h: int, w: int) -> np.ndarray:
+    """Supersampled coverage (C, h, w) of `shape` at candidates (C, 3) = (cx, cy, r) in pixels."""
+    offs = (np.arange(_SUPER) + 0.5) / _SUPER
+    xs = (x0 + np.arange(w)[:, None] + offs).reshape(-1)  # (w * S,)
+    ys = (y0 + np.arange(h)[:, None] + offs).reshape(-1)
+    cx, cy, r = (cands[:, i, None] for i in range(3))
+    scale = _RASTER / (2 * _RASTER_EXTENT)
+    iu = np.floor(((xs - cx) / r + _RASTER_EXTENT) * scale).astype(np.int64)  # (C, w*S)
+    iv = np.floor(((ys - cy) / r + _RASTER_EXTENT) * scale).astype(np.int64)  # (C, h*S)
+    ok_u, ok_v = (iu >= 0) & (iu < _RASTER), (iv >= 0) & (iv < _RASTER)
+    raster = _template_raster(shape)
+    hit = raster[np.clip(iv, 0, _RASTER - 1)[:, :, None], np.clip(iu, 0, _RASTER - 1)[:, None, :]]
+    hit &= ok_v[:, :, None] & ok_u[:, None, :]  # (C, h*S, w*S)
+    return hit.reshape(len(cands), h, _SUPER, w, _SUPER).mean(axis=(2, 4))
+
+
+def _coverage_from_colour(rgb: np.ndarray, color: np.ndarray) -> np.ndarray:
+    """Per-pixel share of `color` in an (h, w, 3) crop, reading each pixel as a blend of the
+    object colour with the backdrop colour that explains it best (alpha matting, known palette)."""
+    seg = color - _BACKDROP  # (B, 3): backdrop -> object
+    rel = rgb[:, :, None, :] - _BACKDROP  # (h, w, B, 3)
+    t = np.clip((rel * seg).sum(-1) / (seg * seg).sum(-1), 0.0, 1.0)  # (h, w, B)
+    residual = np.linalg.norm(rel - t[..., None] * seg, axis=-1)
+    best = residual.argmin(-1)[..., None]
+    alpha = np.take_along_axis(t, best, -1)[..., 0]
+    return np.where(np.take_along_axis(residual, best, -1)[..., 0] <= ALPHA_RESIDUAL, alpha, 0.0)
+
+
+def _soft_iou(cov: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Soft IoU between candidate coverages (C, h, w) and the observed coverage (h, w)."""
+    return np.minimum(cov, alpha).sum(axis=(1, 2)) / np.maximum(cov, alpha).sum(axis=(1, 2))
+
+
+@lru_cache(maxsize=None)
+def _moments(shape: str) -> tuple[float, float, float]:
+    """Area and centroid (x, y) of `shape` in units of r around its box centre."""
+    raster = _template_raster(shape)
+    t = (np.arange(_RASTER) + 0.5) / _RASTER * 2 * _RASTER_EXTENT - _RASTER_EXTENT
+    cell = (2 * _RASTER_EXTENT / _RASTER) ** 2
+    return float(raster.sum() * cell), float(t[np.nonzero(raster)[1]].mean()), float(t[np.nonzero(raster)[0]].mean())
+
+
+def _classify(alpha: np.ndarray, x0: int, y0: int) -> tuple[str, float, float, float]:
+    """Best template for a blob's colour coverage `alpha` cropped at (x0, y0):
+    (shape, cx, cy, score), centre in pixels. Each shape starts from the size and centre that
+    match the blob's coverage area and centroid, then searches a small neighbourhood."""
+    weight = np.where(alpha > ALPHA_FLOOR, alpha, 0.0)
+    ys, xs = np.mgrid[: alpha.shape[0], : alpha.shape[1]] + 0.5
+    mass = weight.sum()
+    mx, my = (weight * xs).sum() / mass + x0, (weight * ys).sum() / mass + y0
+    best = ("circle", mx, my, -1.0)
+    for shape in SHAPES:
+        area, ox, oy = _moments(shape)
+        r0 = float(np.sqrt(mass / area))
+        cx0, cy0 = mx - ox * r0, my - oy * r0
+        grid = itertools.product((-0.2, 0.0, 0.2), (-0.2, 0.0, 0.2), (0.95, 1.0, 1.05))
+        cands = np.array([(cx0 + dx, cy0 + dy, r0 * k) for dx, dy, k in grid])
+        cov = _coverage(shape, cands, x0, y0, *alpha.shape)
+        scores = _soft_iou(cov, alpha)
+        i = int(scores.argmax())
+        if scores[i] > best[3]:
+            best = (shape, cands[i, 0], cands[i, 1], float(scores[i]))
+    return best
+
+
+def detect_objects(image: Image.Image | np.ndarray) -> list[Detection]:
+    """Objects found by colour in an RGB image (PIL or HWC uint8), sorted top-left first."""
+    rgb = _as_uint8(image).astype(np.float64)
+    height, width = rgb.shape[:2]
+    dist = np.linalg.norm(rgb[:, :, None, :] - _PALETTE, axis=-1)  # (H, W, 8)
+    nearest = np.where(dist.min(-1) <= COLOR_DISTANCE, dist.argmin(-1), -1)
+    eight = np.ones((3, 3), bool)
+    blobs: list[tuple[int, np.ndarray]] = []  # (colour index, full-size mask)
+    for k in np.unique(nearest[nearest >= 0]):
+        labels, n = ndimage.label(nearest == k, structure=eight)
+        blobs += [(int(k), labels == i) for i in range(1, n + 1)]
+    grown = [ndimage.binary_dilation(m, structure=eight) for _, m in blobs]
+    kept = []
+    for i, (k, mask) in enumerate(blobs):
+        area = int(mask.sum())
+        rim = any(
+            kj != k and blobs[j][1].sum() > area and (grown[j] & mask).sum() >= RIM_CONTACT * area
+            for j, (kj, _) in enumerate(blobs)
+        )
+        if area >= MIN_AREA * width * width and not rim:
+            kept.append(i)
+    detections = []
+    for i in kept:
+        k, mask = blobs[i]
+        ys, xs = np.nonzero(mask)
+        y0, x0 = max(ys.min() - 2, 0), max(xs.min() - 2, 0)
+        window = np.s_[y0 : ys.max() + 3, x0 : xs.max() + 3]
+        others = np.zeros_like(mask[window])
+        for j in kept:  # pixels of other objects are no part of this one's coverage
+            if j != i:
+                others |= blobs[j][1][window]
+        alpha = np.where(others, 0.0, _coverage_from_colour(rgb[window], _PALETTE[k]))
+        shape, cx, cy, score = _classify(alpha, x0, y0)
+        detections.append(Detection(_NAMES[k], shape, cx / width, cy / width, mask.sum() / width**2, score))
+    return sorted(detections, key=lambda d: (d.cy, d.cx))
+
+
+# ---- alignment ---------------------------------------------------------------------------------
+def scene_spec(scene: Scene, level: str = "short") -> PromptSpec:
+    """What a caption of `level` says about `scene`: colours and shapes; cells from 'medium';
+    relations (those that hold with RELATION_MARGIN) at 'long'."""
+    if level not in ("short", "medium", "long"):
+        raise ValueError(f"level must be 'short', 'medium' or 'long', got '{level}'")
+    objs = scene.objects
+    cells = level != "short"
+    spec_objs = tuple(ObjectSpec(o.color, o.shape, o.cell if cells else None, o.size) for o in objs)
+    rels = ()
+    if level == "long":
+        rels = tuple((i, rel, j) for i, a in enumerate(objs) for j, b in enumerate(objs)
+                     if i < j and (rel := relation(a, b, RELATION_MARGIN)) is not None)
+    return PromptSpec(spec_objs, rels, scene.style)
+
+
+def _matches(spec: PromptSpec, dets: Sequence[Detection], shapes: bool, cells: bool, rels: bool) -> bool:
+    """Is there a colour-preserving one-to-one assignment satisfying the requested checks?"""
+    if len(dets) != len(spec.objects):
+        return False
+    for perm in itertools.permutations(dets):
+        if any(d.color != o.color for d, o in zip(perm, spec.objects)):
+            continue
+        if shapes and any(d.shape != o.shape for d, o in zip(perm, spec.objects)):
+            continue
+        if cells and any(o.cell is not None and d.cell != o.cell for d, o in zip(perm, spec.objects)):
+            continue
+        if rels and any(relation(perm[i], perm[j]) != rel for i, rel, j in spec.relations):
+            continue
+        return True
+    return False
+
+
+def check_alignment(image: Image.Image | np.ndarray, target: Scene | PromptSpec | str, level: str = "short") -> AlignmentResult:
+    """Check `image` against a scene (at caption `level`), a PromptSpec, or a prompt (parsed)."""
+    if isinstance(target, str):
+        target = parse_prompt(target)
+    spec = scene_spec(target, level) if isinstance(target, Scene) else target
+    dets = detect_objects(image)
+    want, got = Counter(o.color for o in spec.objects), Counter(d.color for d in dets)
+    counts_ok = want == got
+    shapes_ok = counts_ok and all(
+        Counter(o.shape for o in spec.objects if o.color == c) == Counter(d.shape for d in dets if d.color == c) for c in want
+    )
+    positions_ok = counts_ok and _matches(spec, dets, False, True, False)
+    relations_ok = counts_ok and _matches(spec, dets, False, False, True)
+    aligned = counts_ok and shapes_ok and _matches(spec, dets, True, True, True)
+    found = ", ".join(f"{d.color} {d.shape} ({d.cell})" for d in dets) or "nothing"
+    wanted = ", ".join(f"{o.color} {o.shape}" + (f" ({o.cell})" if o.cell else "") for o in spec.objects)
+    details = f"wanted {wanted}" + (f"; relations {list(spec.relations)}" if spec.relations else "") + f"; found {found}"
+    return AlignmentResult(aligned, counts_ok, shapes_ok, positions_ok, relations_ok, details)

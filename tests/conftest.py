@@ -1,0 +1,21 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A complete random model folder in the real formats (T5 HF layout, open_clip, diffusers)."""
+    from ediff_core.tiny import make_tiny_model_folder
+
+    return make_tiny_model_folder(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_model):
+    from ediff_core.pipeline import EDiffPipeline
+
+    return EDiffPipeline.from_pretrained(tiny_model)
