@@ -273,3 +273,91 @@ def check_alignment(image: Image.Image | np.ndarray, target: Scene | PromptSpec 
     wanted = ", ".join(f"{o.color} {o.shape}" + (f" ({o.cell})" if o.cell else "") for o in spec.objects)
     details = f"wanted {wanted}" + (f"; relations {list(spec.relations)}" if spec.relations else "") + f"; found {found}"
     return AlignmentResult(aligned, counts_ok, shapes_ok, positions_ok, relations_ok, details)
+
+
+# ---- prompts -----------------------------------------------------------------------------------
+_CELL_SYNONYMS = {"upper left": "top left", "upper right": "top right", "lower left": "bottom left",
+                  "lower right": "bottom right", "centre": "center", "middle": "center"}
+_CELL_RE = re.compile(r"(?:at|in|on|near) the (" + "|".join(sorted([*CELL_NAMES, *_CELL_SYNONYMS, ], key=len, reverse=True)) + r")\b")
+_REL_SYNONYMS = {"to the left of": "left of", "left of": "left of", "to the right of": "right of", "right of": "right of",
+                 "above": "above", "below": "below", "beneath": "below", "under": "below"}
+_REL_RE = re.compile(r"the (\w+) (\w+) (?:is|are) (" + "|".join(_REL_SYNONYMS) + r") the (\w+) (\w+)")
+_COUNT_WORDS = {"a": 1, "an": 1, **{w: i for i, w in enumerate(NUMBER_WORDS) if i > 0}}
+_SIZE_OF = {w: size for size, words in SIZE_WORDS.items() for w in words}
+_SHAPE_OF = {**{s: s for s in SHAPES}, **{s + "s": s for s in SHAPES}}
+_STYLE_WORDS = (("comic", "comic"), ("night", "night"), ("paper", "paper"), ("striped", "stripe"),
+                ("dotted", "dotted"), ("dotted", "polka"), ("plain", "plain"), ("plain", "blank"))
+
+
+def parse_prompt(prompt: str) -> PromptSpec:
+    """Read a Shapes World prompt (our short, medium and long phrasings) back into a PromptSpec:
+    '[count] [size] <colour> <shape>[s] [at/in/on/near the <cell>]' phrases, and sentences
+    'the <colour> <shape> is <relation> the <colour> <shape>'."""
+    objects: list[ObjectSpec] = []
+    refs: list[tuple[tuple[str, str], str, tuple[str, str]]] = []
+    for sentence in re.split(r"[.;!?]", prompt.lower()):
+        sentence = " ".join(re.sub(r"[^a-z ]", " ", sentence).split())
+        if m := _REL_RE.fullmatch(sentence):
+            refs.append(((m[1], _SHAPE_OF.get(m[2], m[2])), _REL_SYNONYMS[m[3]], (m[4], _SHAPE_OF.get(m[5], m[5]))))
+            continue
+        words = sentence.split()
+        for i, word in enumerate(words):
+            if word not in _SHAPE_OF or i == 0 or words[i - 1] not in COLORS:
+                continue
+            j, size = i - 2, None
+            if j >= 0 and words[j] in _SIZE_OF:
+                size, j = _SIZE_OF[words[j]], j - 1
+            count = _COUNT_WORDS.get(words[j], 1) if j >= 0 else 1
+            cell = m[1] if (m := _CELL_RE.match(" ".join(words[i + 1 :]))) else None
+            cell = _CELL_SYNONYMS.get(cell, cell) if cell else None
+            objects += [ObjectSpec(words[i - 1], _SHAPE_OF[word], cell, size)] * count
+    if not objects:
+        raise ValueError(f"no '<colour> <shape>' phrase found in the prompt '{prompt}'; colours: {list(COLORS)}, shapes: {list(SHAPES)}")
+    relations = []
+    for a, rel, b in refs:
+        index = {(o.color, o.shape): n for n, o in reversed(list(enumerate(objects)))}
+        if a not in index or b not in index:
+            raise ValueError(f"relation '{' '.join(a)} {rel} {' '.join(b)}' names an object not introduced in the prompt '{prompt}'")
+        relations.append((index[a], rel, index[b]))
+    style = next((s for s, w in _STYLE_WORDS if w in prompt.lower()), None)
+    return PromptSpec(tuple(objects), tuple(relations), style)
+
+
+@dataclass(frozen=True)
+class EvalPrompt:
+    prompt: str
+    scene: Scene  # the test-split scene the prompt was written from (a reference rendering)
+    level: str  # caption length used: "short", "medium" or "long"
+    spec: PromptSpec  # what the prompt says; check images with check_alignment(image, spec)
+
+
+EVAL_KINDS: dict[str, str] = {
+    "single": "one object, short caption",
+    "multi": "two or three objects, short caption (counts)",
+    "positions": "one to three objects, medium caption (cells)",
+    "long": "one to four objects, long caption (sizes, cells, relations)",
+    "heldout": "one or two objects including a held-out colour-shape pair, short caption",
+}
+
+
+def eval_prompts(kind: str, n: int, seed: int = 0) -> list[EvalPrompt]:
+    """`n` evaluation prompts of `kind` (see EVAL_KINDS), written from test-split scenes.
+    Only 'heldout' prompts contain held-out pairs. Deterministic in (kind, n, seed)."""
+    if kind not in EVAL_KINDS:
+        raise ValueError(f"unknown kind '{kind}'; choose from {list(EVAL_KINDS)}")
+    heldout = sorted(HELD_OUT)
+    base = list(EVAL_KINDS).index(kind) * 200_000 + seed * 10_000
+    items: list[EvalPrompt] = []
+    i = 0
+    while len(items) < n:
+        index, i = base + i, i + 1
+        level = {"positions": "medium", "long": "long"}.get(kind, "short")
+        count = {"single": 1, "multi": 2 + i % 2, "positions": 1 + i % 3, "heldout": 1 + i % 2}.get(kind)
+        include = heldout[i % len(heldout)] if kind == "heldout" else None
+        scene = sample_scene(split_seed("test", index), n_objects=count, include=include)
+        pairs = [(o.color, o.shape) for o in scene.objects]
+        if kind != "heldout" and set(pairs) & HELD_OUT:
+            continue
+        prompt = captions(scene)[level]
+        items.append(EvalPrompt(prompt, scene, level, parse_prompt(prompt)))
+    return items
