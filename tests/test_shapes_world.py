@@ -1,6 +1,5 @@
 """Shapes World data: determinism, spec constants, layout rules, held-out pairs, captions, splits."""
 
-import random
 import re
 import time
 
@@ -12,7 +11,7 @@ from ediff_core.data import (
     COLORS, HELD_OUT, SPLITS, STYLES, ShapesWorldDataset, captions, collate, make_scene, render,
     render_batch, sample_scene, split_of, split_seed,
 )
-from ediff_core.data.captions import RELATION_MARGIN, cell_of, relation
+from ediff_core.data.captions import RELATION_MARGIN, STYLE_PHRASES, cell_of, relation
 from ediff_core.data.shapes_world import CELL_MARGIN, GAP, MARGIN, SIZES
 
 
@@ -97,7 +96,6 @@ def test_caption_lengths_and_vocabulary():
         for o in scene.objects:
             for text in caps.values():
                 assert o.color in text and o.shape in text
-        from ediff_core.data.captions import STYLE_PHRASES
         for k in styled:
             styled[k] += any(p in caps[k] for p in STYLE_PHRASES[scene.style])
     for k, v in styled.items():  # "about a third"

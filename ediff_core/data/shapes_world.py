@@ -104,6 +104,8 @@ class Scene:
 
 def split_seed(split: str, index: int) -> int:
     """The seed of example `index` of `split`."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split '{split}'; choose from {list(SPLITS)}")
     seeds = SPLITS[split]
     if not 0 <= index < len(seeds):
         raise ValueError(f"index {index} is outside the {len(seeds)} seeds of split '{split}'")
@@ -168,6 +170,8 @@ def sample_scene(
     actual = split_of(seed)
     if split is not None and split != actual:
         raise ValueError(f"seed {seed} belongs to '{actual}', not '{split}'; use split_seed('{split}', i)")
+    if include is not None and (include[0] not in COLORS or include[1] not in SHAPES):
+        raise ValueError(f"include must be a (color, shape) pair from COLORS and SHAPES, got {include}")
     if include is not None and include in HELD_OUT and actual != "test":
         raise ValueError(f"held-out pair {include} may only be sampled from the test split")
     rng = random.Random(seed)

@@ -1,0 +1,1 @@
+"""Evaluation: Shapes World text-image alignment (alignment.py)."""

@@ -13,7 +13,6 @@ each mentioned cell and relation holds.
 from __future__ import annotations
 
 import itertools
-import random
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
+import torch
 from PIL import Image
 from scipy import ndimage
 
@@ -37,10 +37,12 @@ _PALETTE = np.array(list(COLORS.values()), dtype=np.float64)  # (8, 3)
 _NAMES = list(COLORS)
 # Everything an object can be blended with at its edge, besides other objects.
 _BACKDROP = np.array([*BACKGROUNDS.values(), STRIPE_COLOR, DOT_COLOR, HALFTONE_COLOR, SHADOW_COLOR, STAR_DOT_COLOR], float)
-ALPHA_RESIDUAL = 45.0  # pixels further than this from every backdrop-to-object blend get coverage 0
+# Pixels further than this from every backdrop-to-object blend get coverage 0. Equal to
+# COLOR_DISTANCE, so every pixel of a blob keeps a coverage of at least 0.28.
+ALPHA_RESIDUAL = COLOR_DISTANCE
+ALPHA_FLOOR = 0.08  # coverage below this is noise (paper grain, ringing) when measuring a blob
 _RASTER, _RASTER_EXTENT = 241, 1.2  # template rasters cover [-1.2, 1.2]² in units of r
-_SUPER = 4
-ALPHA_FLOOR = 0.08  # coverage below this is noise (paper grain, ringing) when measuring a blob  # supersampling per pixel axis
+_SUPER = 4  # supersampling per pixel axis
 
 
 @dataclass(frozen=True)
@@ -85,9 +87,14 @@ class AlignmentResult:
 
 
 # ---- detection ---------------------------------------------------------------------------------
-def _as_uint8(image: Image.Image | np.ndarray) -> np.ndarray:
+def _as_uint8(image: Image.Image | np.ndarray | torch.Tensor) -> np.ndarray:
+    """(H, W, 3) uint8 from a PIL image, an HWC array in [0, 255], or a CHW tensor in [-1, 1]."""
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"))
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"expected a (3, H, W) tensor in [-1, 1], got shape {tuple(image.shape)}")
+        image = ((image.detach().float().cpu().permute(1, 2, 0) + 1) * 127.5).numpy()
     arr = np.asarray(image)
     if arr.ndim != 3 or arr.shape[-1] != 3:
         raise ValueError(f"expected an (H, W, 3) image, got shape {arr.shape}; pass a PIL image or HWC uint8 array")
@@ -111,15 +118,6 @@ def _template_raster(shape: str) -> np.ndarray:
     return inside
 
 
-@lru_cache(maxsize=None)
-def _extent(shape: str) -> tuple[float, float]:
-    """Half width and half height of the shape's outline, units of r."""
-    if shape == "circle":
-        return 1.0, 1.0
-    p = unit_polygon(shape)
-    return float(np.abs(p[:, 0]).max()), float((p[:, 1].max() - p[:, 1].min()) / 2)
-
-
 def _coverage(shape: str, cands: np.ndarray, x0: int, y0: int, h: int, w: int) -> np.ndarray:
     """Supersampled coverage (C, h, w) of `shape` at candidates (C, 3) = (cx, cy, r) in pixels."""
     offs = (np.arange(_SUPER) + 0.5) / _SUPER
@@ -133,7 +131,7 @@ def _coverage(shape: str, cands: np.ndarray, x0: int, y0: int, h: int, w: int) -
     raster = _template_raster(shape)
     hit = raster[np.clip(iv, 0, _RASTER - 1)[:, :, None], np.clip(iu, 0, _RASTER - 1)[:, None, :]]
     hit &= ok_v[:, :, None] & ok_u[:, None, :]  # (C, h*S, w*S)
-    return hit.reshape(len(cands), h, _SUPER, w, _SUPER).mean(axis=(2, 4))
+    return hit.reshape(len(cands), h, _SUPER, w, _SUPER).sum(axis=(2, 4), dtype=np.int32) / _SUPER**2
 
 
 def _coverage_from_colour(rgb: np.ndarray, color: np.ndarray) -> np.ndarray:
@@ -170,25 +168,33 @@ def _classify(alpha: np.ndarray, x0: int, y0: int) -> tuple[str, float, float, f
     ys, xs = np.mgrid[: alpha.shape[0], : alpha.shape[1]] + 0.5
     mass = weight.sum()
     mx, my = (weight * xs).sum() / mass + x0, (weight * ys).sum() / mass + y0
-    best = ("circle", mx, my, -1.0)
-    for shape in SHAPES:
+    starts = {}
+    for shape in SHAPES:  # size and centre from the coverage area and centroid
         area, ox, oy = _moments(shape)
         r0 = float(np.sqrt(mass / area))
-        cx0, cy0 = mx - ox * r0, my - oy * r0
+        starts[shape] = (mx - ox * r0, my - oy * r0, r0)
+    first = {s: _soft_iou(_coverage(s, np.array([starts[s]]), x0, y0, *alpha.shape), alpha)[0] for s in SHAPES}
+    best = ("circle", mx, my, -1.0)
+    for shape in sorted(SHAPES, key=lambda s: -first[s])[:3]:  # refine the three best fits
+        cx0, cy0, r0 = starts[shape]
         grid = itertools.product((-0.2, 0.0, 0.2), (-0.2, 0.0, 0.2), (0.95, 1.0, 1.05))
         cands = np.array([(cx0 + dx, cy0 + dy, r0 * k) for dx, dy, k in grid])
-        cov = _coverage(shape, cands, x0, y0, *alpha.shape)
-        scores = _soft_iou(cov, alpha)
+        scores = _soft_iou(_coverage(shape, cands, x0, y0, *alpha.shape), alpha)
         i = int(scores.argmax())
         if scores[i] > best[3]:
             best = (shape, cands[i, 0], cands[i, 1], float(scores[i]))
     return best
 
 
-def detect_objects(image: Image.Image | np.ndarray) -> list[Detection]:
-    """Objects found by colour in an RGB image (PIL or HWC uint8), sorted top-left first."""
+def detect_objects(image: Image.Image | np.ndarray | torch.Tensor) -> list[Detection]:
+    """Objects found by colour in an RGB image, sorted top to bottom.
+
+    image: PIL image, (H, W, 3) array in [0, 255], or (3, H, W) tensor in [-1, 1]; any square size
+    (64 and 32 are validated)."""
     rgb = _as_uint8(image).astype(np.float64)
     height, width = rgb.shape[:2]
+    if height != width:
+        raise ValueError(f"expected a square image, got {width}x{height}")
     dist = np.linalg.norm(rgb[:, :, None, :] - _PALETTE, axis=-1)  # (H, W, 8)
     nearest = np.where(dist.min(-1) <= COLOR_DISTANCE, dist.argmin(-1), -1)
     eight = np.ones((3, 3), bool)
@@ -196,15 +202,14 @@ def detect_objects(image: Image.Image | np.ndarray) -> list[Detection]:
     for k in np.unique(nearest[nearest >= 0]):
         labels, n = ndimage.label(nearest == k, structure=eight)
         blobs += [(int(k), labels == i) for i in range(1, n + 1)]
-    grown = [ndimage.binary_dilation(m, structure=eight) for _, m in blobs]
+    big = [i for i, (_, m) in enumerate(blobs) if m.sum() >= MIN_AREA * width * width]
+    grown = {i: ndimage.binary_dilation(blobs[i][1], structure=eight) for i in big}
     kept = []
-    for i, (k, mask) in enumerate(blobs):
-        area = int(mask.sum())
-        rim = any(
-            kj != k and blobs[j][1].sum() > area and (grown[j] & mask).sum() >= RIM_CONTACT * area
-            for j, (kj, _) in enumerate(blobs)
-        )
-        if area >= MIN_AREA * width * width and not rim:
+    for i in big:  # drop rims: thin blobs hugging a larger blob of another colour
+        k, mask = blobs[i]
+        area = mask.sum()
+        if not any(blobs[j][0] != k and blobs[j][1].sum() > area and (grown[j] & mask).sum() >= RIM_CONTACT * area
+                   for j in big):
             kept.append(i)
     detections = []
     for i in kept:
@@ -255,12 +260,19 @@ def _matches(spec: PromptSpec, dets: Sequence[Detection], shapes: bool, cells: b
     return False
 
 
-def check_alignment(image: Image.Image | np.ndarray, target: Scene | PromptSpec | str, level: str = "short") -> AlignmentResult:
-    """Check `image` against a scene (at caption `level`), a PromptSpec, or a prompt (parsed)."""
+def check_alignment(image: Image.Image | np.ndarray | torch.Tensor, target: Scene | PromptSpec | str,
+                    level: str = "short") -> AlignmentResult:
+    """Check `image` against a scene (as a caption of `level` describes it), a PromptSpec, or a
+    prompt (parsed with parse_prompt)."""
     if isinstance(target, str):
         target = parse_prompt(target)
     spec = scene_spec(target, level) if isinstance(target, Scene) else target
-    dets = detect_objects(image)
+    return check_detections(detect_objects(image), spec)
+
+
+def check_detections(dets: Sequence[Detection], spec: PromptSpec) -> AlignmentResult:
+    """The alignment verdict for objects already detected. positions_ok and relations_ok ask for
+    an assignment of detections to the prompt's objects (same colours) meeting just that check."""
     want, got = Counter(o.color for o in spec.objects), Counter(d.color for d in dets)
     counts_ok = want == got
     shapes_ok = counts_ok and all(
@@ -268,7 +280,7 @@ def check_alignment(image: Image.Image | np.ndarray, target: Scene | PromptSpec 
     )
     positions_ok = counts_ok and _matches(spec, dets, False, True, False)
     relations_ok = counts_ok and _matches(spec, dets, False, False, True)
-    aligned = counts_ok and shapes_ok and _matches(spec, dets, True, True, True)
+    aligned = shapes_ok and _matches(spec, dets, True, True, True)
     found = ", ".join(f"{d.color} {d.shape} ({d.cell})" for d in dets) or "nothing"
     wanted = ", ".join(f"{o.color} {o.shape}" + (f" ({o.cell})" if o.cell else "") for o in spec.objects)
     details = f"wanted {wanted}" + (f"; relations {list(spec.relations)}" if spec.relations else "") + f"; found {found}"
@@ -278,7 +290,7 @@ def check_alignment(image: Image.Image | np.ndarray, target: Scene | PromptSpec 
 # ---- prompts -----------------------------------------------------------------------------------
 _CELL_SYNONYMS = {"upper left": "top left", "upper right": "top right", "lower left": "bottom left",
                   "lower right": "bottom right", "centre": "center", "middle": "center"}
-_CELL_RE = re.compile(r"(?:at|in|on|near) the (" + "|".join(sorted([*CELL_NAMES, *_CELL_SYNONYMS, ], key=len, reverse=True)) + r")\b")
+_CELL_RE = re.compile(r"(?:at|in|on|near) the (" + "|".join(sorted([*CELL_NAMES, *_CELL_SYNONYMS], key=len, reverse=True)) + r")\b")
 _REL_SYNONYMS = {"to the left of": "left of", "left of": "left of", "to the right of": "right of", "right of": "right of",
                  "above": "above", "below": "below", "beneath": "below", "under": "below"}
 _REL_RE = re.compile(r"the (\w+) (\w+) (?:is|are) (" + "|".join(_REL_SYNONYMS) + r") the (\w+) (\w+)")
