@@ -336,8 +336,9 @@ def run(preset: str, stage: str, out: Path, resume: bool = False, overrides: dic
     if stage in ("encoders", "all"):
         from .encoders import train_mini
 
-        train_mini.train_mini_t5(out / "t5", steps=None if preset == "mini" else 2, seed=cfg.seed, log=log)
-        train_mini.train_mini_clip(out / "clip", steps=None if preset == "mini" else 2, seed=cfg.seed, log=log)
+        small = {} if preset == "mini" else {"steps": 2, "batch_size": 8, "n_scenes": 64}
+        train_mini.train_mini_t5(out / "t5", seed=cfg.seed, log=log, **small)
+        train_mini.train_mini_clip(out / "clip", seed=cfg.seed, log=log, **small)
     if stage == "encoders":
         return
     enc = load_training_encoders(out)

@@ -391,8 +391,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clip-batch-size", type=int, default=256)
     parser.add_argument("--t5-seconds", type=float, default=None, help="wall-clock budget of T5's loop")
     parser.add_argument("--clip-seconds", type=float, default=None, help="wall-clock budget of CLIP's loop")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch.get_num_threads()); on a CPU other jobs keep busy, "
+                             "1 thread can be several times faster than oversubscribed 2")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     random.seed(args.seed)
     figures = {}
     t0 = time.time()

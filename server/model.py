@@ -1,0 +1,188 @@
+"""The one object that owns the weights: ``Model`` holds the ``EDiffPipeline`` and its scheduler.
+
+The REST API and the Gradio UI both call ``Model.run`` (or ``run_many``); neither ever touches
+the networks, so one process serves every UI session and API client from one copy of the model.
+``demo.client.RemoteModel`` has the same methods over HTTP for a UI whose model runs elsewhere.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterator, Protocol, Sequence
+
+import torch
+
+from ediff_core.conditioning import ENCODER_MODES
+from ediff_core.pipeline import EDiffPipeline, GenerationResult, Progress
+from ediff_core.request import GenerationRequest, RequestError
+
+from .scheduler import Busy, Cancelled, Scheduler, Ticket
+
+log = logging.getLogger(__name__)
+
+Event = Progress | GenerationResult
+
+
+class ModelLike(Protocol):
+    """What the UI needs from a model: ``Model`` in-process or ``RemoteModel`` over HTTP."""
+
+    name: str
+
+    def run(self, request: GenerationRequest) -> Iterator[Event]: ...
+
+    def run_many(self, requests: Sequence[GenerationRequest]) -> Iterator[tuple[int, Event]]: ...
+
+    def info(self) -> dict: ...
+
+    def health(self) -> dict: ...
+
+
+def pick_device(name: str) -> str:
+    """``auto`` → cuda when torch sees one, else cpu; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RequestError("device", "cuda was asked for but torch sees no CUDA device; use auto or cpu")
+    if name not in ("cpu", "cuda"):
+        raise RequestError("device", f"must be one of auto, cpu, cuda; got {name!r}")
+    return name
+
+
+def apply_compile(pipe: EDiffPipeline, mode: str) -> str:
+    """Compiles the networks with ``ediff_core.accel`` when that module exists; returns what ran."""
+    if mode == "none":
+        return "eager"
+    if importlib.util.find_spec("ediff_core.accel") is None:
+        log.warning("--compile %s: ediff_core.accel is not available; running eager", mode)
+        return "eager (compile unavailable)"
+    from ediff_core import accel
+
+    out = accel.compile_pipeline(pipe, mode)
+    return str(out) if out is not None else mode
+
+
+class Model:
+    """The loaded pipeline plus the step-level batching scheduler in front of it.
+
+    Args:
+        pipe: a loaded ``EDiffPipeline``.
+        max_queue: requests admitted at once (waiting + running); more get ``Busy`` (HTTP 503).
+        max_running: requests generating at once.
+        batch_window_ms: how long the batching loop waits for more evaluations.
+    """
+
+    def __init__(self, pipe: EDiffPipeline, max_queue: int = 32, max_running: int = 16, batch_window_ms: float = 5.0):
+        self.pipe = pipe
+        self.name = pipe.name
+        self.scheduler = Scheduler(pipe, max_queue=max_queue, max_running=max_running, batch_window_ms=batch_window_ms)
+        self.backend = "eager"
+        self.started = time.time()
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, device: str = "auto", compile: str = "none", **kwargs) -> "Model":
+        """Loads a model folder (``None``: the embedded default ``checkpoints/ediff-mini``)."""
+        pipe = EDiffPipeline.from_pretrained(path, device=pick_device(device))
+        model = cls(pipe, **kwargs)
+        model.backend = apply_compile(pipe, compile)
+        return model
+
+    # ------------------------------------------------------------ generation
+
+    def check(self, request: GenerationRequest) -> GenerationRequest:
+        """Validates a request (``RequestError`` naming the field) before it takes a slot."""
+        return self.pipe.resolve(request)
+
+    def submit(self, request: GenerationRequest) -> Ticket:
+        """Validates and admits a request; raises ``RequestError`` or ``Busy``."""
+        self.check(request)
+        return self.scheduler.submit(request)
+
+    def run(self, request: GenerationRequest) -> Iterator[Event]:
+        """Yields ``Progress`` after every denoiser evaluation, then the ``GenerationResult``.
+
+        Closing the iterator early (a client went away) cancels the request.
+        """
+        ticket = self.submit(request)
+        yield from ticket  # Ticket.__iter__ cancels on close
+
+    def __call__(self, request: GenerationRequest) -> GenerationResult:
+        """Runs a request to the end."""
+        result = None
+        for event in self.run(request):
+            result = event
+        assert isinstance(result, GenerationResult)
+        return result
+
+    def run_many(self, requests: Sequence[GenerationRequest]) -> Iterator[tuple[int, Event]]:
+        """Runs several requests at once (they share denoiser calls); yields (index, event).
+
+        All are admitted before any runs, so either all start or ``Busy`` is raised.
+        """
+        for r in requests:
+            self.check(r)
+        if self.scheduler.depth + len(requests) > self.scheduler.max_queue:
+            self.scheduler.stats.refused += 1
+            raise Busy(f"busy: {self.scheduler.depth} requests queued or running (limit {self.scheduler.max_queue}); retry later")
+        tickets: list[Ticket] = []
+        try:
+            tickets = [self.scheduler.submit(r) for r in requests]
+            yield from merge_tickets(tickets)
+        finally:
+            for t in tickets:
+                t.cancel()
+
+    def compare_encoders(self, request: GenerationRequest, modes: Sequence[str] = ENCODER_MODES) -> Iterator[tuple[str, Event]]:
+        """The §5.2 ablation: the same request and seed with each encoder mode, run together."""
+        modes = list(modes)
+        for m in modes:
+            if m not in ENCODER_MODES:
+                raise RequestError("encoders", f"must be one of {', '.join(ENCODER_MODES)}; got {m!r}")
+        for k, event in self.run_many([replace(request, encoders=m) for m in modes]):
+            yield modes[k], event
+
+    # ------------------------------------------------------------ description
+
+    def info(self) -> dict:
+        return {**self.pipe.info(), "backend": self.backend}
+
+    def health(self) -> dict:
+        s = self.scheduler
+        return {
+            "status": "ok",
+            "model": self.name,
+            "device": str(self.pipe.device),
+            "backend": self.backend,
+            "queue_depth": s.depth,
+            "running": s.running,
+            "max_queue": s.max_queue,
+            "uptime_s": round(time.time() - self.started, 1),
+            "scheduler": s.stats.as_dict(),
+        }
+
+    def close(self) -> None:
+        self.scheduler.close()
+
+
+def merge_tickets(tickets: list[Ticket], poll_s: float = 0.02) -> Iterator[tuple[int, Event]]:
+    """Interleaves the events of several tickets until each has given its result."""
+    left = set(range(len(tickets)))
+    while left:
+        got = False
+        for k in sorted(left):
+            event = tickets[k].next_event(timeout=0)
+            while event is not None:
+                got = True
+                yield k, event
+                if isinstance(event, GenerationResult):
+                    left.discard(k)
+                    break
+                event = tickets[k].next_event(timeout=0)
+        if not got and left:
+            tickets[min(left)].finished.wait(poll_s)
+
+
+__all__ = ["Model", "ModelLike", "Busy", "Cancelled", "Event", "pick_device", "apply_compile", "merge_tickets"]
