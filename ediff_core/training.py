@@ -276,12 +276,14 @@ def base_jobs(cfg: TrainConfig) -> list[Job]:
 
 
 def expert_jobs(cfg: TrainConfig) -> tuple[list[ExpertSpec], list[Job]]:
-    """The three experts branched from the shared model, and the equal-samples single baseline."""
+    """The three experts branched from the shared model (high-noise leaf first)."""
     specs = three_expert_specs(cfg.high_level, cfg.low_level)
-    jobs = [Job(f"base/{s.name}", s.interval, cfg.expert_steps, init="base/shared") for s in specs]
-    # Fig. 7's baseline: the shared model trained on as many more samples as the experts saw.
-    jobs.append(Job("base/baseline", Interval(0.0, math.inf), len(specs) * cfg.expert_steps, init="base/shared"))
-    return specs, jobs
+    return specs, [Job(f"base/{s.name}", s.interval, cfg.expert_steps, init="base/shared") for s in reversed(specs)]
+
+
+def baseline_job(cfg: TrainConfig) -> Job:
+    """Fig. 7's baseline: the shared model trained on as many more samples as the experts saw."""
+    return Job("base/baseline", Interval(0.0, math.inf), 3 * cfg.expert_steps, init="base/shared")
 
 
 def sr_jobs(cfg: TrainConfig) -> list[Job]:
@@ -333,7 +335,8 @@ def run(preset: str, stage: str, out: Path, resume: bool = False, overrides: dic
     out.mkdir(parents=True, exist_ok=True)
     (out / "_train").mkdir(exist_ok=True)
     (out / "_train" / "preset.json").write_text(json.dumps({"preset": preset, **asdict(cfg)}, indent=1))
-    if stage in ("encoders", "all"):
+    have_encoders = (out / "t5" / "config.json").exists() and (out / "clip" / "open_clip_config.json").exists()
+    if stage == "encoders" or (stage == "all" and not (resume and have_encoders)):
         from .encoders import train_mini
 
         small = {} if preset == "mini" else {"steps": 2, "batch_size": 8, "n_scenes": 64}
@@ -349,6 +352,8 @@ def run(preset: str, stage: str, out: Path, resume: bool = False, overrides: dic
         jobs += expert_jobs(cfg)[1]
     if stage in ("sr", "all"):
         jobs += sr_jobs(cfg)
+    if stage in ("experts", "all"):
+        jobs.append(baseline_job(cfg))
     for job in jobs:
         train_job(job, out, enc, cfg, resume=resume, log=log)
         write_model_index(out, cfg)
