@@ -21,12 +21,14 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoders", default="both", help="both | t5 | clip")
     p.add_argument("--style-image", default=None, help="reference image whose CLIP embedding sets the style")
     p.add_argument("--style-strength", type=float, default=1.0)
+    p.add_argument("--style-sigma", type=float, nargs=2, default=None, metavar=("LO", "HI"), help="apply the style only for σ in [LO, HI]")
     p.add_argument("--paint", default=None, help="colour sketch for paint-with-words")
     p.add_argument("--phrase", action="append", default=[], help="'#RRGGBB=words of the prompt' (repeatable)")
     p.add_argument("--pww-weight", type=float, default=0.4)
     p.add_argument("--switch-prompt", default=None, help="prompt used below --switch-sigma (Fig. 4)")
     p.add_argument("--switch-sigma", type=float, default=None)
     p.add_argument("--num-images", type=int, default=1)
+    p.add_argument("--attention-maps", action="store_true", help="also write per-word cross-attention maps (PNG) next to each image")
     p.add_argument("--no-dynamic-threshold", action="store_true")
     p.add_argument("--out", default="outputs", help="output folder, or a .png path for one image")
 
@@ -47,6 +49,11 @@ def _request_from(ns: dict):
         paint = PaintSpec.from_cli(_open_image(ns["paint"], "paint"), ns.get("phrase") or [])
     elif ns.get("phrase"):
         raise RequestError("phrase", "--phrase needs --paint (the sketch it maps colours of)")
+    style_sigma = ns.get("style_sigma")
+    if style_sigma is not None:
+        if not isinstance(style_sigma, (list, tuple)) or len(style_sigma) != 2:
+            raise RequestError("style_sigma", f"needs two numbers LO HI; got {style_sigma!r}")
+        style_sigma = tuple(style_sigma)
     return GenerationRequest(
         prompt=ns.get("prompt") or "",
         negative_prompt=ns.get("negative_prompt") or "",
@@ -59,11 +66,13 @@ def _request_from(ns: dict):
         num_images=ns.get("num_images", 1),
         style_image=style,
         style_strength=ns.get("style_strength", 1.0),
+        style_sigma=style_sigma,
         paint=paint,
         pww_weight=ns.get("pww_weight", 0.4),
         switch_prompt=ns.get("switch_prompt"),
         switch_sigma=ns.get("switch_sigma"),
         dynamic_threshold=not ns.get("no_dynamic_threshold", False),
+        attention_maps=bool(ns.get("attention_maps", False)),
     )
 
 
@@ -106,7 +115,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     pipe = EDiffPipeline.from_pretrained(args.model, device=_device(args.device))
     summaries = []
     for k, (req, out) in enumerate(requests):
-        result = None
+        result, attention_paths = None, []
         for event in pipe.generate(req):
             result = event
             if not args.json and hasattr(event, "done"):
@@ -121,12 +130,31 @@ def cmd_generate(args: argparse.Namespace) -> int:
             else:
                 path = target / f"{k:04d}_{meta['seed']}.png"
             paths.append(str(save_png(img, path, meta)))
-        summaries.append({"outputs": paths, "seed": req.seed, "settings": result.metadata[0], "experts": result.metadata[0]["experts"], "timings": result.timings})
+            if result.attention is not None:
+                attention_paths += _write_attention_maps(result, i, path)
+        summary = {"outputs": paths, "seed": req.seed, "settings": result.metadata[0], "experts": result.metadata[0]["experts"], "timings": result.timings}
+        if result.attention is not None:
+            summary["attention_maps"] = attention_paths
+        summaries.append(summary)
         if not args.json:
             print("\n".join(paths))
     if args.json:
         print(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=1, default=str))
     return 0
+
+
+def _write_attention_maps(result, index: int, image_path: Path) -> list[str]:
+    """``<image>_attn_<word>.png`` for each word of the prompt and the null token (Fig. 3)."""
+    from .attention_maps import attention_overlay
+
+    if result.attention["maps"].shape[0] == 0:
+        return []
+    out = []
+    for word in ["null", *result.attention["words"]]:
+        path = image_path.with_name(f"{image_path.stem}_attn_{word}.png")
+        attention_overlay(result, word, index).save(path)
+        out.append(str(path))
+    return out
 
 
 def _device(name: str) -> str:

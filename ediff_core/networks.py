@@ -99,8 +99,10 @@ class EDiffUNet(ModelMixin, ConfigMixin):
         tokens, mask, global_vec = self.projector(cond)
         dtype = x_in.dtype
         kwargs = {}
-        if cond.token_maps is not None:
-            kwargs["cross_attention_kwargs"] = {"cond": cond}
+        if cond.token_maps is not None or getattr(self, "cond_attention", False):
+            # Paint-with-words / attention-recording processors (§4.3, Fig. 3) read the conditioning
+            # and σ = exp(4·c_noise), since c_noise = ¼·ln σ (§3); set by install_paint_with_words.
+            kwargs["cross_attention_kwargs"] = {"cond": cond, "sigma": torch.exp(4 * c_noise.float())}
         return self.unet(
             x_in,
             c_noise.to(dtype),

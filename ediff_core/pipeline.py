@@ -198,7 +198,7 @@ class EDiffPipeline:
         if req.paint is not None:
             from .paint_with_words import token_maps
 
-            cond = token_maps(self, req, cond)
+            cond = token_maps(self, req, cond, notes)
         if req.negative_prompt:
             uncond = select_encoders(self.encoders.encode([req.negative_prompt] * n, None, self.device), req.encoders)
         else:
@@ -208,12 +208,20 @@ class EDiffPipeline:
         switched = None
         if req.switch_prompt is not None:
             c2 = select_encoders(self.encoders.encode([req.switch_prompt] * n, images, self.device), req.encoders)
+            if images is not None:
+                c2 = replace(c2, image_embed=c2.image_embed * req.style_strength)
             switched = GuidedCond(c2, uncond, scale)
         return gc, switched, notes
 
     def generate(self, req: GenerationRequest, evaluate: Evaluate = _direct) -> Iterator[Progress | GenerationResult]:
         """Yields ``Progress`` after every denoiser evaluation, then one ``GenerationResult``."""
         req = self.resolve(req)
+        recorder = None
+        if req.attention_maps:  # Fig. 3: per-token cross-attention of the base stage
+            from .attention_maps import AttentionRecorder
+
+            recorder = AttentionRecorder.for_request(self, req)
+            evaluate = recorder.wrap(evaluate)
         t_start = time.perf_counter()
         timings: dict[str, float] = {}
         seeds = [req.seed + k for k in range(req.num_images)]
@@ -275,7 +283,7 @@ class EDiffPipeline:
             }
             for s in seeds
         ]
-        yield GenerationResult(images, stage_images, metadata, timings)
+        yield GenerationResult(images, stage_images, metadata, timings, None if recorder is None else recorder.summary())
 
     def _at_sigma(self, gc: GuidedCond, switched: GuidedCond | None, req: GenerationRequest, sigma: float) -> GuidedCond:
         """The conditioning in force at σ: prompt switching (Fig. 4) and the style σ window."""

@@ -221,10 +221,8 @@ def create_api(model: Model, auth: tuple[str, str] | None = None, title: str = "
     @app.post("/v1/paint_with_words", tags=["generate"], dependencies=[Depends(check_auth)])
     async def paint_with_words(body: PaintBody, request: Request):
         """A colour sketch with each colour mapped to a phrase of the prompt (§4.3)."""
-        from .painting import paint_spec
-
         sketch = decode_base64_image(body.sketch, "sketch")
-        req = body.to_request(paint=paint_spec(sketch, body.phrase_map(), body.prompt))
+        req = model.paint_request(body.to_request(), sketch, body.phrase_map())
         return await serve([req], ["image"], body.stream, request, lambda rs: result_json(rs[0]))
 
     return app

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator, Protocol, Sequence
 
 import torch
+from PIL import Image
 
 from ediff_core.conditioning import ENCODER_MODES
 from ediff_core.pipeline import EDiffPipeline, GenerationResult, Progress
@@ -34,7 +35,9 @@ class ModelLike(Protocol):
 
     def run(self, request: GenerationRequest) -> Iterator[Event]: ...
 
-    def run_many(self, requests: Sequence[GenerationRequest]) -> Iterator[tuple[int, Event]]: ...
+    def compare_encoders(self, request: GenerationRequest, modes: Sequence[str] = ENCODER_MODES) -> Iterator[tuple[str, Event]]: ...
+
+    def paint_with_words(self, request: GenerationRequest, sketch: Image.Image, phrases: dict[str, str]) -> Iterator[Event]: ...
 
     def info(self) -> dict: ...
 
@@ -81,6 +84,7 @@ class Model:
         self.scheduler = Scheduler(pipe, max_queue=max_queue, max_running=max_running, batch_window_ms=batch_window_ms)
         self.backend = "eager"
         self.started = time.time()
+        _install_attention_processors(pipe)
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "auto", compile: str = "none", **kwargs) -> "Model":
@@ -144,6 +148,23 @@ class Model:
         for k, event in self.run_many([replace(request, encoders=m) for m in modes]):
             yield modes[k], event
 
+    def paint_request(self, request: GenerationRequest, sketch: Image.Image, phrases: dict[str, str]) -> GenerationRequest:
+        """``request`` with a checked ``PaintSpec``: every phrase must be in the prompt (§4.3)."""
+        from ediff_core.paint_with_words import phrase_positions
+
+        from .painting import paint_spec, phrase_checked
+
+        self.check(request)
+        spec = paint_spec(sketch, phrases)
+        for phrase in spec.phrases.values():
+            phrase_checked(phrase_positions, self.pipe, request.prompt, phrase)
+        return replace(request, paint=spec)
+
+    def paint_with_words(self, request: GenerationRequest, sketch: Image.Image, phrases: dict[str, str]) -> Iterator[Event]:
+        """Paint with words: ``phrases`` maps sketch colours ``#rrggbb`` to prompt phrases
+        (optionally ``phrase@strength``)."""
+        yield from self.run(self.paint_request(request, sketch, phrases))
+
     # ------------------------------------------------------------ description
 
     def info(self) -> dict:
@@ -165,6 +186,16 @@ class Model:
 
     def close(self) -> None:
         self.scheduler.close()
+
+
+def _install_attention_processors(pipe: EDiffPipeline) -> None:
+    """Installs the paint-with-words / attention-recording processors once, before serving, so
+    no request swaps processors while the batching loop runs the networks (they change no output)."""
+    try:
+        from ediff_core.paint_with_words import install_paint_with_words
+    except ImportError:
+        return
+    install_paint_with_words(pipe)
 
 
 def merge_tickets(tickets: list[Ticket], poll_s: float = 0.02) -> Iterator[tuple[int, Event]]:

@@ -1,9 +1,9 @@
 """Paint-with-words inputs for the server and the UI: the palette, colour → phrase maps, checks.
 
 The spec itself is ``ediff_core.paint_with_words.PaintSpec``; this module turns what a client
-sends (a sketch and ``{"#RRGGBB": "phrase"}`` or ``["#RRGGBB=phrase"]``) into one, and refuses
-with a clear ``RequestError`` a map that names no colour of the sketch or a phrase that is not in
-the prompt, before any work is queued.
+sends (a sketch and ``{"#RRGGBB": "phrase"}`` or ``["#RRGGBB=phrase"]``, a phrase optionally
+ending in ``@strength``) into one, and refuses with a ``RequestError`` naming the API's fields
+(``sketch``, ``phrases``) a map that names no colour of the sketch, before any work is queued.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import json
 import re
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
 from ediff_core.request import RequestError
@@ -28,8 +27,6 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "purple": (135, 55, 185),
     "pink": (235, 105, 175),
 }
-MATCH_DISTANCE = 40.0  # RGB distance within which a sketch pixel counts as a mapped colour
-MIN_PIXELS = 4  # a mapped colour must cover at least this many sketch pixels
 _HEX = re.compile(r"^#?([0-9a-fA-F]{6})$")
 
 
@@ -86,59 +83,34 @@ def parse_phrases(value: Any, field: str = "phrases") -> dict[str, str]:
     return out
 
 
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", text.lower())
+def _renamed(e: RequestError) -> RequestError:
+    """The library's CLI field names (``phrase``, ``paint``) as the API's (``phrases``, ``sketch``)."""
+    field = {"phrase": "phrases", "paint": "sketch"}.get(e.field, e.field)
+    message = str(e).removeprefix(f"{e.field}: ").replace("--phrase", "a phrase").replace("--paint", "the sketch")
+    return RequestError(field, message)
 
 
-def check_phrase_in_prompt(phrase: str, prompt: str, field: str = "phrases") -> None:
-    """Case- and punctuation-insensitive: the phrase's words must appear in order in the prompt."""
-    p, w = _words(phrase), _words(prompt)
-    if not p or not any(w[i : i + len(p)] == p for i in range(len(w) - len(p) + 1)):
-        raise RequestError(field, f"phrase {phrase!r} is not in the prompt {prompt!r}")
+def paint_spec(sketch: Image.Image, phrases: dict[str, str]) -> Any:
+    """A ``PaintSpec`` from a sketch and ``{"#rrggbb": "phrase[@strength]"}``.
 
-
-def colour_coverage(sketch: Image.Image, colours: list[str]) -> dict[str, int]:
-    """How many sketch pixels lie within ``MATCH_DISTANCE`` of each colour (opaque pixels only)."""
-    rgba = np.asarray(sketch.convert("RGBA"), dtype=np.float32)
-    rgb, alpha = rgba[..., :3], rgba[..., 3]
-    out = {}
-    for c in colours:
-        d = np.linalg.norm(rgb - np.array(parse_colour(c), dtype=np.float32), axis=-1)
-        out[c] = int(((d <= MATCH_DISTANCE) & (alpha > 127)).sum())
-    return out
-
-
-def check_paint_inputs(sketch: Image.Image, phrases: dict[str, str], prompt: str) -> None:
-    """Refuses an empty map, a phrase not in the prompt, or a map naming no colour of the sketch."""
-    if not phrases:
-        raise RequestError("phrases", "map at least one colour of the sketch to a phrase of the prompt")
-    for phrase in phrases.values():
-        check_phrase_in_prompt(phrase, prompt)
-    cover = colour_coverage(sketch, list(phrases))
-    if not any(n >= MIN_PIXELS for n in cover.values()):
-        raise RequestError("sketch", f"none of the mapped colours ({', '.join(phrases)}) appears in the sketch; paint with those colours or map the ones you used")
-
-
-def paint_spec(sketch: Image.Image, phrases: dict[str, str], prompt: str) -> Any:
-    """A ``PaintSpec`` from a sketch and a colour → phrase map, after the checks above."""
-    check_paint_inputs(sketch, phrases, prompt)
+    Refuses at once an empty map and a sketch in which no mapped colour appears (the masks are
+    computed once, small, to check), so such a request never takes a slot in the queue.
+    """
     from ediff_core.paint_with_words import PaintSpec
 
+    if not phrases:
+        raise RequestError("phrases", "map at least one colour of the sketch to a phrase of the prompt")
     try:
-        return PaintSpec.from_cli(sketch, [f"{c}={p}" for c, p in phrases.items()])
-    except RequestError:
-        raise
-    except ValueError as e:
-        raise RequestError("phrases", str(e)) from None
+        spec = PaintSpec.from_cli(sketch, [f"{c}={p}" for c, p in phrases.items()])
+        spec.masks(64, 64)
+    except RequestError as e:
+        raise _renamed(e) from None
+    return spec
 
 
-def flatten_layers(background: Image.Image | None, layers: list[Image.Image], size: tuple[int, int] | None = None) -> Image.Image:
-    """The editor's layers composited over white (what was painted, without the background)."""
-    if size is None:
-        ref = background if background is not None else (layers[0] if layers else None)
-        size = ref.size if ref is not None else (256, 256)
-    canvas = Image.new("RGBA", size, (255, 255, 255, 255))
-    for layer in layers:
-        if layer is not None:
-            canvas.alpha_composite(layer.convert("RGBA").resize(size))
-    return canvas.convert("RGB")
+def phrase_checked(fn, *args: Any) -> Any:
+    """Calls ``fn(*args)`` with the library's paint errors renamed to the API's fields."""
+    try:
+        return fn(*args)
+    except RequestError as e:
+        raise _renamed(e) from None

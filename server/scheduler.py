@@ -54,6 +54,7 @@ class _Eval:
     sigma: Tensor  # (b,)
     gc: GuidedCond
     key: tuple  # evaluations with equal keys may share one denoiser call
+    hook: Callable | None = None  # the request's attention-recording hook: it runs alone
     done: threading.Event = field(default_factory=threading.Event)
     out: Tensor | None = None
     error: BaseException | None = None
@@ -141,6 +142,20 @@ def wrapper_key(D: Callable) -> tuple | None:
     if isinstance(D, ExpertEnsemble):
         return ("ensemble", id(D))
     return None
+
+
+def _attention_hook() -> Callable | None:
+    """The attention-recording hook the calling (worker) thread has set, if any.
+
+    ``AttentionRecorder`` sets it thread-locally around ``evaluate``; the network runs in the
+    batching loop's thread, so the hook travels with the evaluation and that evaluation runs alone
+    (the recorder reads the first rows of the batch as its own).
+    """
+    try:
+        from ediff_core import paint_with_words
+    except ImportError:
+        return None
+    return getattr(paint_with_words._local, "hook", None)
 
 
 def _cond_signature(gc: GuidedCond) -> tuple:
@@ -253,10 +268,11 @@ class Scheduler:
             return D(x, sigma, gc)
         if ticket.cancelled.is_set():
             raise Cancelled(f"request {ticket.id} was cancelled")
+        hook = _attention_hook()
         wk = wrapper_key(D)
         base = (id(stage), tuple(x.shape[1:]), x.dtype, x.device, _cond_signature(gc))
-        key = (*base, *wk) if wk is not None else ("solo", id(ticket), *base)
-        item = _Eval(ticket, stage, D, x, sigma, gc, key)
+        key = (*base, *wk) if wk is not None and hook is None else ("solo", ticket.id, *base)
+        item = _Eval(ticket, stage, D, x, sigma, gc, key, hook=hook)
         with self._cv:
             if self._stop:
                 raise Cancelled("the server is shutting down")
@@ -336,7 +352,13 @@ class Scheduler:
         with torch.inference_mode():
             if len(items) == 1:
                 it = items[0]
-                outs = [it.D(it.x, it.sigma, it.gc)]
+                if it.hook is not None:  # attention maps (Fig. 3): recorded in this thread, unbatched
+                    from ediff_core.paint_with_words import attention_hook
+
+                    with attention_hook(it.hook):
+                        outs = [it.D(it.x, it.sigma, it.gc)]
+                else:
+                    outs = [it.D(it.x, it.sigma, it.gc)]
             else:
                 x = torch.cat([it.x for it in items])
                 sigma = torch.cat([it.sigma for it in items])

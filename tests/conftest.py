@@ -4,6 +4,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import pytest
+import torch
+
+# Tiny models: one thread avoids oversubscription (and OpenMP spin-waits) on small CPUs.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

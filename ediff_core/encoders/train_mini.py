@@ -259,6 +259,60 @@ def register_mini_clip_config() -> str:
     return MINI_CLIP_NAME
 
 
+_COLOURS = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink")
+_SHAPES = ("circle", "square", "triangle", "star", "heart", "diamond")
+_NUMBERS = ("one", "two", "three", "four")
+_FLIPS = ({"left": "right", "right": "left"},
+          {"top": "bottom", "bottom": "top", "upper": "lower", "lower": "upper", "above": "below",
+           "below": "above", "beneath": "above"})
+
+
+def perturb_caption(caption: str, rng: random.Random) -> str | None:
+    """A hard negative: `caption` with one colour, shape, count or position changed (NegCLIP,
+    Yuksekgonul et al. 2023). In-batch negatives differ in everything, so colour alone would
+    separate them; these force the towers to read shapes, counts and positions too.
+    Returns None when the caption has nothing to change."""
+    import re
+
+    words = re.findall(r"[a-z]+", caption.lower())
+    options = []
+    for vocab in (_COLOURS, _SHAPES, _NUMBERS):
+        present = [w for w in vocab if w in words or (vocab is _SHAPES and w + "s" in words)]
+        if present:
+            options.append((vocab, present))
+    flips = [f for f in _FLIPS if any(w in words for w in f)]
+    if not options and not flips:
+        return None
+    pick = rng.randrange(len(options) + len(flips))
+    if pick >= len(options):  # mirror every word of one axis (left <-> right, or top <-> bottom)
+        flip = flips[pick - len(options)]
+        return re.sub(r"\b(" + "|".join(flip) + r")\b", lambda m: flip[m.group(1)], caption, flags=re.IGNORECASE)
+    vocab, present = options[pick]
+    old = rng.choice(present)
+    new = rng.choice([w for w in vocab if w != old])
+    if vocab is _NUMBERS:  # keep the noun's number in agreement ("one circle" -> "three circles")
+        pattern = r"\b" + old + r"\b((?: [a-z]+){0,2}? )(" + "|".join(_SHAPES) + r")s?\b"
+        plural = "" if new == "one" else "s"
+        out = re.sub(pattern, lambda m: new + m.group(1) + m.group(2) + plural, caption, count=1, flags=re.IGNORECASE)
+    else:
+        out = re.sub(r"\b" + old + r"(?=s?\b)", new, caption, count=1, flags=re.IGNORECASE)
+    # Keep "a"/"an" right, so grammar gives the negative away nowhere.
+    out = re.sub(r"\b([Aa])n? (?=([a-z]))", lambda m: m.group(1) + ("n " if m.group(2) in "aeiou" else " "), out)
+    from ediff_core.data import HELD_OUT
+
+    if out == caption or any(re.search(rf"\b{c} {sh}", out.lower()) for c, sh in HELD_OUT):
+        return None  # nothing changed, or a held-out composition (never in training text) appeared
+    return out
+
+
+def _hard_negative(caption: str, rng: random.Random, tries: int = 4) -> str:
+    """`perturb_caption`, retried; an empty caption when none works out."""
+    for _ in range(tries):
+        if (out := perturb_caption(caption, rng)) is not None:
+            return out
+    return ""
+
+
 def _clip_data(split: str, n: int, tokenizer, seed_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, 3, 64, 64) uint8 renders and (n, 3, 77) int32 ids of their short/medium/long captions."""
     from ediff_core.data import captions, render, sample_scene, split_seed
@@ -271,7 +325,7 @@ def _clip_data(split: str, n: int, tokenizer, seed_offset: int = 0) -> tuple[tor
         c = captions(scene)
         texts += [c["short"], c["medium"], c["long"]]
     ids = tokenizer(texts).to(torch.int32).view(n, 3, -1)
-    return images, ids
+    return images, ids, texts
 
 
 def _clip_features(model, images: torch.Tensor, ids: torch.Tensor, mean: torch.Tensor, std: torch.Tensor):
@@ -322,8 +376,9 @@ def train_mini_clip(out_dir: str | Path, steps: int = 600, batch_size: int = 256
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     tokenizer = SimpleTokenizer(context_length=77)
-    images, ids = _clip_data("train", n_scenes, tokenizer)
-    val_images, val_ids_all = _clip_data("validation", 256, tokenizer)
+    images, ids, texts = _clip_data("train", n_scenes, tokenizer)
+    val_images, val_ids_all, _ = _clip_data("validation", 256, tokenizer)
+    py_rng = random.Random(seed)
     kinds = torch.from_numpy(np.random.default_rng(1).integers(0, 3, 256))
     val_ids = val_ids_all[torch.arange(256), kinds]  # one random caption length per pair
     log(f"[clip] rendered {n_scenes} training and 256 validation scenes ({time.time() - t_start:.1f} s)")
@@ -345,10 +400,13 @@ def train_mini_clip(out_dir: str | Path, steps: int = 600, batch_size: int = 256
             g["lr"] = sched.lr(frac)
         idx = torch.randint(0, n_scenes, (batch_size,), generator=gen)
         kind = torch.randint(0, 3, (batch_size,), generator=gen)  # a random one of the three captions
-        img, txt = _clip_features(model, images[idx], ids[idx, kind], mean, std)
-        logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
+        # Each image also sees a hard negative of its own caption (image->text direction only).
+        negatives = [_hard_negative(texts[3 * i + k], py_rng) for i, k in zip(idx.tolist(), kind.tolist())]
+        all_ids = torch.cat([ids[idx, kind], tokenizer(negatives).to(torch.int32)])
+        img, txt = _clip_features(model, images[idx], all_ids, mean, std)
+        logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T  # (B, 2B)
         target = torch.arange(batch_size)
-        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :batch_size].T, target)) / 2
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -1,0 +1,100 @@
+"""``python app.py``: the model server and the web demo on one port (http://127.0.0.1:7860).
+
+This file only wires: ``server.Model`` owns the weights, ``server.api`` is the REST API
+(/health, /v1/..., /openapi.json), ``demo.ui`` is the Gradio UI mounted on the same FastAPI app.
+With ``--server-url`` no model is loaded here: the UI talks to that server over HTTP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+log = logging.getLogger("ediff.app")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="eDiff-I model server + web demo")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("PORT", 7860)), help="port (default $PORT or 7860)")
+    p.add_argument("--model", default=None, help="model folder or Hub id (default: checkpoints/ediff-mini)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--compile", default="none", choices=["auto", "tensorrt", "torch", "none"], help="accelerate the U-Nets (ediff_core.accel)")
+    p.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login for the UI and /v1 routes")
+    p.add_argument("--server-url", default=None, metavar="URL", help="run only the UI, against the model server at URL")
+    p.add_argument("--server-auth", default=None, metavar="USER:PASS", help="login for --server-url's /v1 routes")
+    p.add_argument("--max-queue", type=int, default=32, help="requests waiting + running before 'busy' (HTTP 503)")
+    p.add_argument("--max-running", type=int, default=16, help="requests generating at once (they share U-Net calls)")
+    p.add_argument("--batch-window-ms", type=float, default=5.0, help="how long the batcher waits for more evaluations")
+    p.add_argument("--max-file-size", default="10mb", help="largest upload accepted by the UI")
+    p.add_argument("--outputs", default=None, help="folder for generated PNGs (default: a new temporary folder)")
+    args = p.parse_args(argv)
+    for name in ("auth", "server_auth"):
+        v = getattr(args, name)
+        if v is not None and (":" not in v or not v.split(":", 1)[0]):
+            p.error(f"--{name.replace('_', '-')} must be USER:PASS")
+    return args
+
+
+def _pair(v: str | None) -> tuple[str, str] | None:
+    return None if v is None else tuple(v.split(":", 1))  # type: ignore[return-value]
+
+
+def build_app(args: argparse.Namespace):
+    """The FastAPI app with the REST API (unless --server-url) and the Gradio UI mounted at /."""
+    import gradio as gr
+    from fastapi import FastAPI
+
+    from demo.runner import Outputs
+    from demo.ui import create_demo
+
+    auth = _pair(args.auth)
+    if args.server_url:
+        from demo.client import RemoteModel
+
+        model = RemoteModel(args.server_url, auth=_pair(args.server_auth))
+        app = FastAPI(title="eDiff-I demo (UI only)")
+
+        @app.get("/health")
+        def health() -> dict:
+            """This UI's status and the model server's."""
+            return {"status": "ok", "ui_only": True, "server_url": args.server_url, "server": model.health()}
+
+    else:
+        from server.api import create_api
+        from server.model import Model
+
+        model = Model.load(args.model, device=args.device, compile=args.compile, max_queue=args.max_queue, max_running=args.max_running, batch_window_ms=args.batch_window_ms)
+        log.info("loaded %s on %s (%s)", model.name, model.pipe.device, model.backend)
+        app = create_api(model, auth=auth)
+    outputs = Outputs(args.outputs)
+    demo = create_demo(model, outputs)
+    app = gr.mount_gradio_app(app, demo, path="/", auth=auth, max_file_size=args.max_file_size, allowed_paths=[str(outputs.root)], footer_links=["api"])
+    app.state.model = model
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = parse_args(argv)
+    import uvicorn
+
+    from ediff_core.request import RequestError
+
+    try:
+        app = build_app(args)
+    except (RequestError, FileNotFoundError, NotADirectoryError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"eDiff-I demo on http://{args.host}:{args.port}  (API: /v1, /health, /openapi.json)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

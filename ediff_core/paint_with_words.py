@@ -1,0 +1,403 @@
+"""Paint-with-words (eDiff-I §4.3, Figs. 6 and 17): training-free placement of phrases by sketch.
+
+The user paints a region per phrase of the prompt. Each region becomes a mask; ``token_maps``
+writes it into the columns of that phrase's tokens, in both the CLIP and the T5 parts of the
+key sequence ``[null | CLIP 77 | T5 L | image]``. Every cross-attention layer then computes
+
+    softmax((QKᵀ + w·A) / √d_k) · V,   w = w′ · log(1 + σ) · max(QKᵀ)
+
+with A the masks bilinearly downsampled to the layer's resolution (§4.3). ``w′`` is the request's
+``pww_weight``; it is zero in classifier-free guidance's unconditional branch, so only the
+conditional branch is steered.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from PIL import Image
+from torch import Tensor
+
+from .conditioning import Cond, key_layout
+from .request import RequestError
+from .style import checked_image
+
+if TYPE_CHECKING:
+    from .pipeline import EDiffPipeline
+    from .request import GenerationRequest
+
+MAX_SKETCH_PIXELS = 4096 * 4096  # refused above this, before any pixel is decoded
+WORK_SIDE = 1024  # sketches are labelled at most this large (nearest-neighbour: no colour blending)
+COLOR_TOLERANCE = 80.0  # RGB distance within which a brush pixel snaps to a mapped colour
+ALPHA_MIN = 8  # alpha below this counts as transparent (not painted)
+MAX_STRENGTH = 10.0
+_HEX = re.compile(r"^#?([0-9a-fA-F]{6})$")
+
+
+def parse_colour(text, field: str = "phrase") -> str:
+    """'#RRGGBB', 'RRGGBB' or an (r, g, b) tuple -> canonical '#rrggbb'."""
+    if isinstance(text, (tuple, list)) and len(text) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in text):
+        return "#%02x%02x%02x" % tuple(text)
+    m = _HEX.match(text.strip()) if isinstance(text, str) else None
+    if m is None:
+        raise RequestError(field, f"colour {text!r} is not of the form #RRGGBB (e.g. #ff0000)")
+    return "#" + m.group(1).lower()
+
+
+def _rgb(colour: str) -> tuple[int, int, int]:
+    return tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
+
+
+@dataclass
+class PhraseMasks:
+    """Masks of a sketch at one resolution, one per colour entry, in the order of ``PaintSpec.phrases``."""
+
+    masks: Tensor  # (P, H, W) float in [0, 1]: painted coverage (alpha-weighted)
+    colours: list[str]
+    phrases: list[str]
+    warnings: list[str]
+
+
+@dataclass
+class PaintSpec:
+    """A colour sketch and which phrase of the prompt each colour paints.
+
+    Args:
+        sketch: the drawing (RGB, or RGBA whose transparent pixels are unpainted); at most 4096² pixels.
+        phrases: colour ('#rrggbb') -> phrase of the prompt. Two colours may paint one phrase.
+        strengths: phrase -> multiplier of its mask (default 1; 0 disables it), on top of ``pww_weight``.
+        tolerance: RGB distance within which an anti-aliased pixel snaps to its nearest mapped colour;
+            pixels further from every mapped colour (white paper, pencil lines) are unpainted.
+    """
+
+    sketch: Image.Image
+    phrases: dict[str, str]
+    strengths: dict[str, float] = field(default_factory=dict)
+    tolerance: float = COLOR_TOLERANCE
+
+    def __post_init__(self) -> None:
+        self.sketch = checked_image(self.sketch, "paint", MAX_SKETCH_PIXELS)
+        if not isinstance(self.phrases, dict) or not self.phrases:
+            raise RequestError("phrase", "paint-with-words needs at least one '#RRGGBB=words of the prompt' entry")
+        mapped: dict[str, str] = {}
+        for colour, phrase in self.phrases.items():
+            c = parse_colour(colour)
+            if not isinstance(phrase, str) or not phrase.strip():
+                raise RequestError("phrase", f"colour {c} maps to an empty phrase")
+            if c in mapped:
+                raise RequestError("phrase", f"colour {c} is given twice ('{mapped[c]}' and '{phrase}')")
+            mapped[c] = phrase.strip()
+        self.phrases = mapped
+        for phrase, s in self.strengths.items():
+            if phrase not in mapped.values():
+                raise RequestError("phrase", f"a strength is given for '{phrase}', which no colour paints")
+            if isinstance(s, bool) or not isinstance(s, (int, float)) or not (0.0 <= s <= MAX_STRENGTH):
+                raise RequestError("phrase", f"the strength of '{phrase}' must be a number from 0 to {MAX_STRENGTH}; got {s!r}")
+        if not (isinstance(self.tolerance, (int, float)) and 0 < self.tolerance <= 442):
+            raise RequestError("paint", f"tolerance must be in (0, 442]; got {self.tolerance!r}")
+
+    # ---- constructors -------------------------------------------------------------------------
+    @classmethod
+    def from_cli(cls, image, entries: list[str]) -> "PaintSpec":
+        """From ``--phrase`` values '#RRGGBB=words of the prompt', optionally '...@strength'."""
+        if isinstance(entries, str):
+            entries = [entries]
+        if not entries:
+            raise RequestError("phrase", "--paint needs at least one --phrase '#RRGGBB=words of the prompt'")
+        phrases: dict[str, str] = {}
+        strengths: dict[str, float] = {}
+        for entry in entries:
+            if not isinstance(entry, str) or "=" not in entry:
+                raise RequestError("phrase", f"{entry!r} is not of the form '#RRGGBB=words of the prompt'")
+            colour, phrase = (s.strip() for s in entry.split("=", 1))
+            if "@" in phrase:
+                phrase, _, value = phrase.rpartition("@")
+                try:
+                    strengths[phrase.strip()] = float(value)
+                except ValueError:
+                    raise RequestError("phrase", f"{entry!r}: the strength after '@' must be a number; got {value!r}") from None
+            c = parse_colour(colour)
+            if c in phrases:
+                raise RequestError("phrase", f"colour {c} is given twice ('{phrases[c]}' and '{phrase.strip()}')")
+            phrases[c] = phrase.strip()
+        return cls(image, phrases, strengths)
+
+    @classmethod
+    def from_layers(cls, background, layers: list, phrases: dict[str, str], strengths: dict[str, float] | None = None) -> "PaintSpec":
+        """From gr.ImageEditor's parts: the layers (RGBA strokes) composited over the background.
+
+        The background may be None (a transparent canvas) or an uploaded sketch; its unmapped
+        colours (e.g. white paper) are ignored like any other.
+        """
+        parts = [checked_image(p, "paint", MAX_SKETCH_PIXELS).convert("RGBA") for p in [background, *(layers or [])] if p is not None]
+        if not parts:
+            raise RequestError("paint", "the sketch is empty: no background and no layers")
+        canvas = parts[0] if background is not None else Image.new("RGBA", parts[0].size, (0, 0, 0, 0))
+        for layer in parts[1:] if background is not None else parts:
+            if layer.size != canvas.size:
+                layer = layer.resize(canvas.size, Image.NEAREST)
+            canvas = Image.alpha_composite(canvas, layer)
+        return cls(canvas, phrases, dict(strengths or {}))
+
+    @classmethod
+    def from_editor(cls, value: dict, phrases: dict[str, str], strengths: dict[str, float] | None = None) -> "PaintSpec":
+        """From gr.ImageEditor's value ``{"background", "layers", "composite"}``."""
+        if not isinstance(value, dict):
+            raise RequestError("paint", f"expected the image editor's dict (background, layers, composite); got {type(value).__name__}")
+        if value.get("layers") or value.get("background") is not None:
+            return cls.from_layers(value.get("background"), value.get("layers") or [], phrases, strengths)
+        return cls(value.get("composite"), phrases, dict(strengths or {}))
+
+    # ---- description and masks ----------------------------------------------------------------
+    def strength(self, phrase: str) -> float:
+        return float(self.strengths.get(phrase, 1.0))
+
+    def describe(self) -> dict:
+        """JSON-able summary for metadata: phrases with colours and strengths, sketch size."""
+        return {
+            "phrases": [{"colour": c, "phrase": p, "strength": self.strength(p)} for c, p in self.phrases.items()],
+            "sketch_size": [self.sketch.width, self.sketch.height],
+            "tolerance": self.tolerance,
+        }
+
+    def masks(self, height: int, width: int) -> PhraseMasks:
+        """Per-colour masks at (height, width): brush pixels snap to the nearest mapped colour."""
+        img = self.sketch
+        if max(img.size) > WORK_SIDE:
+            k = WORK_SIDE / max(img.size)
+            img = img.resize((max(1, round(img.width * k)), max(1, round(img.height * k))), Image.NEAREST)
+        rgba = np.asarray(img.convert("RGBA"))  # (h, w, 4) uint8
+        alpha = rgba[..., 3]
+        opaque = alpha >= ALPHA_MIN
+        if not opaque.any():
+            raise RequestError("paint", "the sketch is empty: every pixel is transparent; paint a region for each phrase")
+        colours = list(self.phrases)
+        palette = np.array([_rgb(c) for c in colours], np.int32)  # (P, 3)
+        rgb = rgba[..., :3].astype(np.int32)
+        d2 = np.stack([((rgb - c) ** 2).sum(-1) for c in palette], -1)  # (h, w, P) squared RGB distances
+        nearest = d2.argmin(-1)
+        painted = opaque & (d2.min(-1) <= self.tolerance**2)
+        if not painted.any():
+            raise RequestError(
+                "paint",
+                f"no pixel of the sketch is within {self.tolerance:g} of a mapped colour ({', '.join(colours)}); "
+                f"its colours are {', '.join(_top_colours(rgb[opaque]))}. Paint with exactly the colours of --phrase",
+            )
+        weight = alpha.astype(np.float32) / 255.0
+        full = np.stack([np.where(painted & (nearest == k), weight, 0.0) for k in range(len(colours))]).astype(np.float32)
+        warnings = [
+            f"colour {c} ('{self.phrases[c]}') does not appear in the sketch; that phrase is not painted"
+            for c, m in zip(colours, full) if not m.any()
+        ]
+        h, w = full.shape[1:]
+        if abs(w / h - width / height) > 0.05 * width / height:
+            warnings.append(f"the sketch is {self.sketch.width}x{self.sketch.height} but the image is {width}x{height}; the sketch is stretched to fit")
+        down = h >= height and w >= width  # area = exact painted coverage per pixel; bilinear to upsample
+        masks = F.interpolate(torch.from_numpy(full)[None], size=(height, width), mode="area" if down else "bilinear", align_corners=None if down else False)[0]
+        return PhraseMasks(masks.clamp(0, 1), colours, [self.phrases[c] for c in colours], warnings)
+
+
+def _top_colours(pixels: np.ndarray, k: int = 4) -> list[str]:
+    """The k most frequent colours of (N, 3) pixels as '#rrggbb'."""
+    packed = (pixels[:, 0] << 16) | (pixels[:, 1] << 8) | pixels[:, 2]
+    values, counts = np.unique(packed, return_counts=True)
+    return ["#%06x" % int(v) for v in values[np.argsort(-counts)[:k]]]
+
+
+# ---- phrases -> key-sequence columns -----------------------------------------------------------
+def phrase_positions(pipe: "EDiffPipeline", prompt: str, phrase: str) -> tuple[list[int], list[int]]:
+    """Positions of ``phrase``'s tokens in the CLIP (77) and T5 (L) sequences of ``prompt``.
+
+    A phrase found by only one tokenizer (the other truncated the prompt) keeps that one;
+    absent from both is a ``RequestError('phrase', "phrase 'x' is not in the prompt 'y'")``.
+    """
+    found, errors = [], []
+    for enc in (pipe.encoders.clip_text, pipe.encoders.t5):
+        try:
+            found.append(enc.phrase_token_positions(prompt, phrase))
+        except ValueError as e:
+            found.append([])
+            errors.append(str(e))
+    if not any(found):
+        raise RequestError("phrase", errors[0])
+    return found[0], found[1]
+
+
+def token_maps(pipe: "EDiffPipeline", req: "GenerationRequest", cond: Cond, notes: dict | None = None) -> Cond:
+    """``cond`` with ``token_maps`` (B, S, H, W) over the key sequence and ``pww_weight`` = w′ (B,).
+
+    Column j of A (§4.3) is the mask of the phrase containing key token j, times its strength, in
+    both the CLIP and the T5 parts; warnings (unused colours, stretched sketch) go to ``notes``.
+    """
+    spec = req.paint
+    if not isinstance(spec, PaintSpec):
+        raise RequestError("paint", f"must be a PaintSpec (a sketch and a colour -> phrase map); got {type(spec).__name__}")
+    res = pipe.base.resolution
+    pm = spec.masks(res, res)
+    layout = key_layout(cond.t5_tokens.shape[1], cond.clip_tokens.shape[1])
+    B = cond.batch_size
+    maps = torch.zeros(B, layout["image"].stop, res, res, device=cond.device)
+    for mask, phrase in zip(pm.masks, pm.phrases):
+        clip_pos, t5_pos = phrase_positions(pipe, req.prompt, phrase)
+        cols = [layout["clip"].start + p for p in clip_pos] + [layout["t5"].start + p for p in t5_pos]
+        value = (mask * spec.strength(phrase)).to(cond.device)
+        maps[:, cols] = torch.maximum(maps[:, cols], value)  # phrases sharing a token: the larger mask
+    install_paint_with_words(pipe)
+    if notes is not None and pm.warnings:
+        notes.setdefault("paint_warnings", []).extend(pm.warnings)
+    return replace(cond, token_maps=maps, pww_weight=torch.full((B,), float(req.pww_weight), device=cond.device))
+
+
+# ---- the attention processor -------------------------------------------------------------------
+AttentionHook = Callable[[Tensor, "Tensor | None"], None]  # (probs (B, heads, N, S), σ (B,))
+_local = threading.local()
+
+
+@contextmanager
+def attention_hook(hook: AttentionHook) -> Iterator[None]:
+    """Within this block (this thread only), cross-attention probabilities are passed to ``hook``."""
+    previous = getattr(_local, "hook", None)
+    _local.hook = hook
+    try:
+        yield
+    finally:
+        _local.hook = previous
+
+
+def current_attention_hook() -> AttentionHook | None:
+    """The hook ``attention_hook`` set in this thread, if any (for code that moves evaluations
+    between threads, e.g. a batching server: it must re-enter ``attention_hook`` there)."""
+    return getattr(_local, "hook", None)
+
+
+def layer_hw(n_tokens: int, height: int, width: int) -> tuple[int, int]:
+    """The (h, w) grid of a layer with ``n_tokens`` image tokens for a (height, width) sample."""
+    f = math.sqrt(height * width / n_tokens)
+    h = max(1, round(height / f))
+    w = n_tokens // h
+    if h * w != n_tokens:
+        raise ValueError(f"{n_tokens} image tokens do not form a grid of aspect {height}:{width}")
+    return h, w
+
+
+class PaintWithWordsProcessor(AttnProcessor2_0):
+    """diffusers' ``AttnProcessor2_0`` plus the paint-with-words bias (§4.3) and attention recording.
+
+    Without token maps (or with w′ = 0 everywhere) and without a recording hook it runs the stock
+    processor unchanged, so installing it alters nothing. Self-attention always runs stock.
+
+    Args:
+        weighting: 'max' is the paper's w = w′·log(1+σ)·max(QKᵀ) (the magnitude of the max, so the
+            bias always pulls towards the phrase); 'std' uses std(QKᵀ), the community port's option.
+    """
+
+    def __init__(self, weighting: str = "max"):
+        super().__init__()
+        if weighting not in ("max", "std"):
+            raise ValueError(f"weighting must be 'max' or 'std'; got {weighting!r}")
+        self.weighting = weighting
+
+    def __call__(self, attn: Attention, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
+                 attention_mask: Tensor | None = None, temb: Tensor | None = None,
+                 cond: Cond | None = None, sigma: Tensor | None = None) -> Tensor:
+        cross = attn.is_cross_attention and encoder_hidden_states is not None
+        hook = current_attention_hook() if cross else None
+        paint = cross and cond is not None and cond.token_maps is not None and cond.pww_weight is not None and bool((cond.pww_weight != 0).any())
+        if not (paint or hook):
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        # The stock processor with the attention written out (mirrors AttnProcessor2_0).
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+        B, N, _ = hidden_states.shape
+        S = encoder_hidden_states.shape[1]
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, S, B).view(B, attn.heads, -1, S)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        if attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key, value = attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states)
+        head_dim = key.shape[-1] // attn.heads
+        query = query.view(B, -1, attn.heads, head_dim).transpose(1, 2)  # (B, heads, N, d)
+        key = key.view(B, -1, attn.heads, head_dim).transpose(1, 2)  # (B, heads, S, d)
+        value = value.view(B, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        scores = (query.float() @ key.float().transpose(-1, -2)) / math.sqrt(head_dim)  # QKᵀ/√d_k: (B, heads, N, S)
+        logits = scores if attention_mask is None else scores + attention_mask.float()
+        if paint:
+            logits = logits + self.bias(scores, attention_mask, cond, sigma, N)
+        probs = logits.softmax(-1)  # (B, heads, N, S)
+        if hook is not None:
+            hook(probs, sigma)
+        hidden_states = (probs.to(value.dtype) @ value).transpose(1, 2).reshape(B, -1, attn.heads * head_dim)
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states.to(query.dtype)))
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+    def bias(self, scores: Tensor, attention_mask: Tensor | None, cond: Cond, sigma: Tensor | None, n_tokens: int) -> Tensor:
+        """w·A/√d_k (§4.3) in the units of ``scores`` = QKᵀ/√d_k: (B, 1, N, S)."""
+        if sigma is None:
+            raise ValueError("paint-with-words needs σ; run the network through EDiffUNet, which passes it")
+        maps = cond.token_maps.to(scores.device, torch.float32)  # (B, S, H, W)
+        h, w = layer_hw(n_tokens, maps.shape[-2], maps.shape[-1])
+        A = F.interpolate(maps, size=(h, w), mode="bilinear", antialias=True, align_corners=False)  # bilinear downsampling
+        A = A.flatten(2).transpose(1, 2)  # (B, N, S)
+        valid = torch.ones_like(scores, dtype=torch.bool) if attention_mask is None else (attention_mask > -1).expand_as(scores)
+        flat, ok = scores.flatten(1), valid.flatten(1)
+        if self.weighting == "max":
+            stat = flat.masked_fill(~ok, -math.inf).amax(1).abs()
+        else:
+            n = ok.sum(1)
+            mean = flat.where(ok, 0.0).sum(1) / n
+            stat = (((flat - mean[:, None]) ** 2).where(ok, 0.0).sum(1) / (n - 1).clamp(min=1)).sqrt()
+        wt = cond.pww_weight.to(scores.device, torch.float32) * torch.log1p(sigma.to(scores.device, torch.float32)) * stat  # (B,)
+        return (wt[:, None, None] * A)[:, None]
+
+
+def install_processors(net, weighting: str | None = None) -> None:
+    """Puts ``PaintWithWordsProcessor`` on every attention layer of one ``EDiffUNet`` (idempotent)
+    and tells the network to pass ``cond`` and σ to it. ``weighting`` ('max' | 'std') sets w's
+    statistic; None keeps the installed one ('max' when new)."""
+    for module in net.unet.modules():
+        if isinstance(module, Attention):
+            proc = module.processor
+            if isinstance(proc, PaintWithWordsProcessor):
+                if weighting is not None:
+                    proc.weighting = PaintWithWordsProcessor(weighting).weighting
+            elif type(proc) is AttnProcessor2_0:
+                module.set_processor(PaintWithWordsProcessor(weighting or "max"))
+            else:
+                raise RuntimeError(f"attention processor {type(proc).__name__} is not the stock one; paint-with-words cannot be installed over it")
+    net.cond_attention = True
+
+
+def install_paint_with_words(pipe: "EDiffPipeline", weighting: str | None = None) -> None:
+    """``install_processors`` on every expert U-Net of every stage (idempotent).
+
+    The processor runs stock attention unless a request has token maps or attention is being
+    recorded, so installing it changes no output.
+    """
+    for stage in pipe.stages:
+        for expert in stage.ensemble.experts:
+            install_processors(expert.net, weighting)

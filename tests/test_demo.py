@@ -1,0 +1,187 @@
+"""The Gradio demo end to end through ``gradio_client`` against a real ``python app.py``
+(tiny random model): every named endpoint, bad inputs, the UI-only mode (--server-url), auth."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from demo.ui import mapping_from_rows, phrases_from_prompt
+from demo.runner import schedule_rows, schedule_summary
+from server.testing import ThreadServer, shared_app, start_app
+
+from test_server import PROMPT, corrupt_png, huge_png, reference, sketch
+
+FAST = {"steps": 3}
+
+
+@pytest.fixture(scope="module")
+def app(tiny_model):
+    return shared_app("--model", str(tiny_model), "--max-queue", "16", "--max-running", "16")
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    return Client(app.url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Upload files: a reference render, a sketch, a text file, a corrupt PNG, a 20000² PNG."""
+    d = tmp_path_factory.mktemp("uploads")
+    out = {"reference": d / "night.png", "sketch": d / "sketch.png", "text": d / "notes.png", "corrupt": d / "corrupt.png", "huge": d / "huge.png"}
+    reference().save(out["reference"])
+    sketch(size=128).save(out["sketch"])
+    out["text"].write_text("this is not an image")
+    out["corrupt"].write_bytes(corrupt_png())
+    out["huge"].write_bytes(huge_png())
+    return {k: str(v) for k, v in out.items()}
+
+
+def png_meta(path: str) -> dict:
+    img = Image.open(path)
+    img.load()
+    assert "parameters" in img.text
+    return json.loads(img.text["ediff"])
+
+
+def test_named_endpoints_have_named_parameters(client):
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    names = {k: [p["parameter_name"] for p in v["parameters"]] for k, v in api.items()}
+    assert set(names) == {"/generate", "/compare_encoders", "/style_transfer", "/paint_with_words"}
+    assert names["/generate"][:8] == ["prompt", "negative_prompt", "seed", "steps", "guidance", "sampler", "encoders", "num_images"]
+    assert {"prompt", "style_image", "style_strength"} <= set(names["/style_transfer"])
+    assert {"prompt", "sketch", "phrases", "pww_weight"} <= set(names["/paint_with_words"])
+
+
+def test_generate_returns_png_files_with_metadata_schedule_and_attention(client):
+    gallery, downloads, schedule, summary, meta_json, attention, status = client.predict(
+        prompt=PROMPT, seed=11, num_images=2, attention_maps=True, api_name="/generate", **FAST
+    )
+    assert len(gallery) == 2 and len(downloads) == 2 and "done" in status
+    metas = [png_meta(p) for p in downloads]
+    assert [m["seed"] for m in metas] == [11, 12]
+    assert png_meta(gallery[0]["image"])["seed"] == 11  # the gallery serves the same PNG, metadata kept
+    assert Image.open(downloads[0]).size == (32, 32)
+    rows = schedule["data"]
+    assert [r[3] for r in rows] == [e["expert"] for st in metas[0]["experts"].values() for e in st]
+    assert "E2_3" in summary and json.loads(meta_json)[0]["seed"] == 11
+    assert {a["caption"] for a in attention} >= {"<null>", "red", "circle"}
+
+
+def test_compare_encoders_endpoint(client):
+    clip, t5, both, downloads, status = client.predict(prompt=PROMPT, seed=4, api_name="/compare_encoders", **FAST)
+    assert [png_meta(p)["encoders"] for p in (clip, t5, both)] == ["clip", "t5", "both"]
+    assert {png_meta(p)["seed"] for p in downloads} == {4}
+    a, b = (np.asarray(Image.open(p)) for p in (clip, both))
+    assert not np.array_equal(a, b)
+
+
+def test_style_transfer_endpoint(client, files):
+    out = client.predict(prompt="two green hearts", style_image=handle_file(files["reference"]), style_strength=0.7, api_name="/style_transfer", **FAST)
+    meta = png_meta(out[1][0])
+    assert meta["style_image"] == "64x64" and meta["style_strength"] == 0.7
+
+
+def test_paint_with_words_endpoint(client, files):
+    phrases = json.dumps({"#d72626": "red circle", "#2355d7": "blue star"})
+    out = client.predict(prompt="a red circle and a blue star", sketch=handle_file(files["sketch"]), phrases=phrases, pww_weight=0.5, api_name="/paint_with_words", **FAST)
+    meta = png_meta(out[1][0])
+    assert [p["phrase"] for p in meta["paint"]["phrases"]] == ["red circle", "blue star"] and meta["pww_weight"] == 0.5
+    lines = "#d72626=red circle@2\n#2355d7=blue star"
+    out = client.predict(prompt="a red circle and a blue star", sketch=handle_file(files["sketch"]), phrases=lines, api_name="/paint_with_words", **FAST)
+    assert png_meta(out[1][0])["paint"]["phrases"][0]["strength"] == 2.0
+
+
+BAD = [
+    ("/generate", {"prompt": ""}, "prompt"),
+    ("/generate", {"prompt": "x" * 2001}, "prompt"),
+    ("/generate", {"prompt": PROMPT, "steps": 0}, "steps"),
+    ("/generate", {"prompt": PROMPT, "steps": 10**6}, "steps"),
+    ("/generate", {"prompt": PROMPT, "guidance": 1e9}, "guidance"),  # (non-finite: gradio_client cannot send it; see test_server)
+    ("/generate", {"prompt": PROMPT, "seed": -1}, "seed"),
+    ("/style_transfer", {"prompt": PROMPT, "style_image": "text"}, "style_image"),
+    ("/style_transfer", {"prompt": PROMPT, "style_image": "corrupt"}, "style_image"),
+    ("/style_transfer", {"prompt": PROMPT, "style_image": "huge"}, "style_image"),
+    ("/paint_with_words", {"prompt": PROMPT, "sketch": "sketch", "phrases": '{"#00ff00": "red circle"}'}, "sketch"),
+    ("/paint_with_words", {"prompt": PROMPT, "sketch": "sketch", "phrases": '{"#d72626": "yellow square"}'}, "phrases"),
+    ("/paint_with_words", {"prompt": PROMPT, "sketch": "sketch", "phrases": "{not json"}, "phrases"),
+]
+
+
+@pytest.mark.parametrize("endpoint,args,field", BAD, ids=[f"{b[0]}:{b[2]}:{k}" for k, b in enumerate(BAD)])
+def test_bad_input_is_a_clear_error_and_the_app_stays_up(app, client, files, endpoint, args, field):
+    args = {k: handle_file(files[v]) if k in ("style_image", "sketch") else v for k, v in args.items()}
+    with pytest.raises(Exception) as e:
+        client.predict(api_name=endpoint, **{**FAST, **args})
+    assert f"{field}:" in str(e.value), str(e.value)
+    assert httpx.get(f"{app.url}/health").json()["status"] == "ok"
+
+
+def test_ui_helpers():
+    rows = phrases_from_prompt("A red circle and two blue stars.")
+    assert mapping_from_rows(rows) == {"#d72626": "red circle", "#2355d7": "blue stars"}
+    rows[0][2] = 0.5
+    assert mapping_from_rows(rows)["#d72626"] == "red circle@0.5"
+    meta = {"experts": {"base": [{"step": 0, "sigma": 80.0, "expert": "E2_3"}, {"step": 1, "sigma": 0.5, "expert": "complement_2_2"}]}}
+    assert schedule_rows(meta) == [["base", 0, 80.0, "E2_3"], ["base", 1, 0.5, "complement_2_2"]]
+    assert "E2_3" in schedule_summary(meta) and "complement_2_2" in schedule_summary(meta)
+
+
+def test_ui_only_mode_talks_to_a_model_server(app, files):
+    ui = start_app(["--server-url", app.url])
+    try:
+        h = httpx.get(f"{ui.url}/health").json()
+        assert h["ui_only"] and h["server"]["model"] == "ediff-tiny-random"
+        assert httpx.post(f"{ui.url}/v1/generate", json={"prompt": PROMPT}).status_code in (404, 405)  # no model here
+        c = Client(ui.url, verbose=False)
+        out = c.predict(prompt=PROMPT, seed=9, api_name="/generate", **FAST)
+        assert png_meta(out[1][0])["seed"] == 9
+        phrases = json.dumps({"#d72626": "red circle"})
+        out = c.predict(prompt=PROMPT, sketch=handle_file(files["sketch"]), phrases=phrases, api_name="/paint_with_words", **FAST)
+        assert png_meta(out[1][0])["paint"]["phrases"][0]["phrase"] == "red circle"
+        with pytest.raises(Exception, match="steps"):
+            c.predict(prompt=PROMPT, steps=0, api_name="/generate")
+    finally:
+        ui.stop()
+
+
+def test_auth_protects_the_ui_and_the_api(tiny_model):
+    from app import build_app, parse_args
+
+    server = ThreadServer(build_app(parse_args(["--model", str(tiny_model), "--auth", "alice:wonder"])))
+    try:
+        assert httpx.get(f"{server.url}/health").status_code == 200  # for load balancers
+        assert httpx.get(f"{server.url}/v1/info").status_code == 401
+        assert httpx.get(f"{server.url}/v1/info", auth=("alice", "wrong")).status_code == 401
+        assert httpx.get(f"{server.url}/v1/info", auth=("alice", "wonder")).status_code == 200
+        with pytest.raises(Exception):
+            Client(server.url, verbose=False)
+        out = Client(server.url, auth=("alice", "wonder"), verbose=False).predict(prompt=PROMPT, api_name="/generate", **FAST)
+        assert png_meta(out[1][0])["prompt"] == PROMPT
+    finally:
+        server.stop()
+        server_model = getattr(server.server.config.app, "state", None)
+        if server_model is not None and hasattr(server_model, "model"):
+            server_model.model.close()
+
+
+def test_cancelling_a_gradio_job_stops_its_request(app, client):
+    health = lambda: httpx.get(f"{app.url}/health").json()  # noqa: E731
+    before = health()["scheduler"]["cancelled"]
+    job = client.submit(prompt=PROMPT, steps=200, sampler="heun", api_name="/generate")
+    deadline = time.monotonic() + 30
+    while health()["queue_depth"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert health()["running"] == 1
+    job.cancel()  # Gradio closes the generator, which cancels the ticket
+    while health()["queue_depth"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    h = health()
+    assert h["queue_depth"] == 0 and h["scheduler"]["cancelled"] == before + 1
