@@ -19,7 +19,6 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 from PIL import Image
 
-from ediff_core.ablation import MODE_LABELS
 from ediff_core.pipeline import GenerationResult, Progress, save_png
 from ediff_core.request import GenerationRequest, RequestError
 from server.scheduler import Busy, Cancelled
@@ -41,18 +40,31 @@ class Outputs:
         return [str(save_png(img, folder / f"{tag}_{meta['seed']}.png", meta)) for img, meta in zip(result.images, result.metadata)]
 
     def save_image(self, img: Image.Image, name: str) -> str:
+        """Saves an auxiliary image (e.g. an attention overlay) under a fresh generated folder."""
         folder = self.root / uuid.uuid4().hex[:16]
         folder.mkdir(parents=True)
         path = folder / name
         img.save(path)
         return str(path)
 
+    def save_example(self, img: Image.Image, name: str) -> str:
+        """A file the UI offers as an example: kept for the life of the process (never pruned)."""
+        folder = self.root / "examples"
+        folder.mkdir(exist_ok=True)
+        img.save(folder / name)
+        return str(folder / name)
+
     def prune(self, max_age_s: float = KEEP_OUTPUTS_S) -> None:
+        """Deletes generated files older than ``max_age_s`` (examples stay)."""
         now = time.time()
         for f in self.root.glob("*/*"):
+            if f.parent.name == "examples":
+                continue
             try:
                 if now - f.stat().st_mtime > max_age_s:
                     f.unlink()
+                    if not any(f.parent.iterdir()):
+                        f.parent.rmdir()
             except OSError:
                 pass
 

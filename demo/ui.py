@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+from contextlib import closing
 from typing import Any
 
 import gradio as gr
@@ -113,9 +114,14 @@ def _result_panel(prefix: str, show_attention: bool = True) -> list[gr.component
 
 
 def _stream(outs):
-    """Pads (status,) updates with gr.skip() for the other outputs."""
-    for out in outs:
-        yield out if len(out) == N_OUT else (*[gr.skip()] * (N_OUT - 1), out[0])
+    """Pads (status,) updates with gr.skip() for the other outputs.
+
+    Closing this generator (Gradio does when the client leaves) closes ``outs`` at once, which
+    cancels the request; left to the garbage collector, that could take seconds.
+    """
+    with closing(outs):
+        for out in outs:
+            yield out if len(out) == N_OUT else (*[gr.skip()] * (N_OUT - 1), out[0])
 
 
 def create_text_to_image_tab(ctx: Context) -> None:
@@ -185,12 +191,12 @@ def create_encoders_tab(ctx: Context) -> None:
 
 
 def _reference_examples(ctx: Context) -> list[str]:
-    """Shapes World renders in two styles, as reference images that work with the shipped model."""
+    """Shapes World renders in three styles: reference images that work with the shipped model."""
     from ediff_core.data.shapes_world import make_scene, render
 
     refs = []
     for style, objs in (("night", [("star", "yellow", "large", 0.3, 0.3)]), ("comic", [("circle", "red", "large", 0.5, 0.5)]), ("striped", [("square", "blue", "small", 0.7, 0.6)])):
-        refs.append(ctx.outputs.save_image(render(make_scene(objs, style=style), 256), f"reference_{style}.png"))
+        refs.append(ctx.outputs.save_example(render(make_scene(objs, style=style), 256), f"reference_{style}.png"))
     return refs
 
 

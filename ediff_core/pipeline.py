@@ -243,7 +243,9 @@ class EDiffPipeline:
                     aug = initial_noise([s + 104729 for s in noise_seeds], tuple(lowres.shape[1:]), stage.aug_sigma, self.device)
                     lr_cond = {"lowres": lowres + aug, "aug_sigma": torch.full((len(seeds),), stage.aug_sigma, device=self.device)}
                     sr_scale = torch.full((len(seeds),), float(req.sr_guidance))
-                    plain = replace(gc.cond, token_maps=None, pww_weight=None)
+                    # SR follows the prompt in force at the end of the base stage (Fig. 4's switch).
+                    last = switched if switched is not None and req.switch_sigma > req.sigma_min else gc
+                    plain = replace(last.cond, token_maps=None, pww_weight=None)
                     stage_gc = GuidedCond(replace(plain, **lr_cond), replace(gc.uncond, **lr_cond), sr_scale)
                 else:
                     stage_gc = gc

@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
+from ediff_core.ablation import MODE_LABELS, grid
 from ediff_core.pipeline import GenerationResult, Progress
 from ediff_core.request import GenerationRequest, RequestError
 
@@ -135,6 +136,7 @@ def create_api(model: Model, auth: tuple[str, str] | None = None, title: str = "
         auth: (user, password) for HTTP Basic auth on /v1 routes; ``None`` = open. /health stays open.
     """
     app = FastAPI(title=title, version="1.0", description=__doc__)
+    app.router.on_shutdown.append(model.close)
     basic = HTTPBasic(auto_error=False)
 
     def check_auth(creds: HTTPBasicCredentials | None = Depends(basic)) -> None:
@@ -167,25 +169,14 @@ def create_api(model: Model, auth: tuple[str, str] | None = None, title: str = "
         return model.info()
 
     async def serve(requests: list[GenerationRequest], labels: list[str], stream: bool, request: Request, finish: Callable[[list[GenerationResult]], dict]):
-        for r in requests:
-            model.check(r)
-        if model.scheduler.depth + len(requests) > model.scheduler.max_queue:
-            model.scheduler.stats.refused += 1
-            raise Busy(f"busy: {model.scheduler.depth} requests queued or running (limit {model.scheduler.max_queue}); retry later")
-        tickets = []
-        try:
-            for r in requests:
-                tickets.append(model.scheduler.submit(r))
-        except Busy:
-            for t in tickets:
-                t.cancel()
-            raise
+        tickets = model.submit_many(requests)  # RequestError -> 422, Busy -> 503
         if stream:
             return _stream(tickets, labels, finish)
         try:
-            return finish(await _collect(tickets, request))
+            results = await _collect(tickets, request)
         except Exception as e:
             return error_response(e)
+        return await asyncio.to_thread(finish, results)  # PNG encoding off the event loop
 
     @app.post("/v1/generate", tags=["generate"], dependencies=[Depends(check_auth)])
     async def generate(body: GenerateBody, request: Request):
@@ -204,9 +195,8 @@ def create_api(model: Model, auth: tuple[str, str] | None = None, title: str = "
 
         def finish(results: list[GenerationResult]) -> dict:
             out = {"modes": {m: result_json(r) for m, r in zip(modes, results)}}
-            grid = _grid([r.images[0] for r in results], modes)
-            if grid is not None:
-                out["grid_png_base64"] = base64.b64encode(encode_png(grid)).decode()
+            strip = grid([r.images[0] for r in results], [MODE_LABELS[m] for m in modes])
+            out["grid_png_base64"] = base64.b64encode(encode_png(strip)).decode()
             return out
 
         return await serve(reqs, modes, body.stream, request, finish)
@@ -214,30 +204,18 @@ def create_api(model: Model, auth: tuple[str, str] | None = None, title: str = "
     @app.post("/v1/style_transfer", tags=["generate"], dependencies=[Depends(check_auth)])
     async def style_transfer(body: StyleBody, request: Request):
         """Generation conditioned on the CLIP image embedding of a reference (§5.3)."""
-        image = decode_base64_image(body.style_image, "style_image")
+        image = await asyncio.to_thread(decode_base64_image, body.style_image, "style_image")
         req = body.to_request(style_image=image)
         return await serve([req], ["image"], body.stream, request, lambda rs: result_json(rs[0]))
 
     @app.post("/v1/paint_with_words", tags=["generate"], dependencies=[Depends(check_auth)])
     async def paint_with_words(body: PaintBody, request: Request):
         """A colour sketch with each colour mapped to a phrase of the prompt (§4.3)."""
-        sketch = decode_base64_image(body.sketch, "sketch")
-        req = model.paint_request(body.to_request(), sketch, body.phrase_map())
+        def prepare() -> GenerationRequest:  # decoding and mask checks off the event loop
+            sketch = decode_base64_image(body.sketch, "sketch")
+            return model.paint_request(body.to_request(), sketch, body.phrase_map())
+
+        req = await asyncio.to_thread(prepare)
         return await serve([req], ["image"], body.stream, request, lambda rs: result_json(rs[0]))
 
     return app
-
-
-def _grid(images, labels):
-    """``ediff_core.ablation.grid`` when available, else a plain side-by-side strip."""
-    try:
-        from ediff_core.ablation import grid
-    except ImportError:
-        from PIL import Image
-
-        w, h = images[0].size
-        strip = Image.new("RGB", (w * len(images), h), "white")
-        for k, im in enumerate(images):
-            strip.paste(im, (k * w, 0))
-        return strip
-    return grid(images, labels)

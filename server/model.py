@@ -55,17 +55,23 @@ def pick_device(name: str) -> str:
     return name
 
 
-def apply_compile(pipe: EDiffPipeline, mode: str) -> str:
-    """Compiles the networks with ``ediff_core.accel`` when that module exists; returns what ran."""
+def apply_compile(pipe: EDiffPipeline, mode: str) -> tuple[str, int | None]:
+    """Accelerates the U-Nets with ``ediff_core.accel`` (when that module exists).
+
+    Returns what runs (``str`` of its report: "tensorrt", "torch.compile" or "eager") and the
+    largest U-Net batch the backend serves fast (TensorRT engines have one; None = any).
+    """
     if mode == "none":
-        return "eager"
+        return "eager", None
     if importlib.util.find_spec("ediff_core.accel") is None:
         log.warning("--compile %s: ediff_core.accel is not available; running eager", mode)
-        return "eager (compile unavailable)"
+        return "eager (compile unavailable)", None
     from ediff_core import accel
 
-    out = accel.compile_pipeline(pipe, mode)
-    return str(out) if out is not None else mode
+    report = accel.compile_pipeline(pipe, mode)
+    log.info("compile %s: %s", mode, getattr(report, "reason", report))
+    backend = str(report)
+    return backend, getattr(accel, "MAX_BATCH", None) if backend == "tensorrt" else None
 
 
 class Model:
@@ -91,7 +97,9 @@ class Model:
         """Loads a model folder (``None``: the embedded default ``checkpoints/ediff-mini``)."""
         pipe = EDiffPipeline.from_pretrained(path, device=pick_device(device))
         model = cls(pipe, **kwargs)
-        model.backend = apply_compile(pipe, compile)
+        model.backend, unet_batch = apply_compile(pipe, compile)
+        if unet_batch:  # CFG doubles each sample: keep batched calls inside the engines' range
+            model.scheduler.max_batch = min(model.scheduler.max_batch, max(1, unet_batch // 2))
         return model
 
     # ------------------------------------------------------------ generation
@@ -102,8 +110,13 @@ class Model:
 
     def submit(self, request: GenerationRequest) -> Ticket:
         """Validates and admits a request; raises ``RequestError`` or ``Busy``."""
-        self.check(request)
-        return self.scheduler.submit(request)
+        return self.submit_many([request])[0]
+
+    def submit_many(self, requests: Sequence[GenerationRequest]) -> list[Ticket]:
+        """Validates all, then admits all or none (``Busy``); admitted together, they share calls."""
+        for r in requests:
+            self.check(r)
+        return self.scheduler.submit_many(list(requests))
 
     def run(self, request: GenerationRequest) -> Iterator[Event]:
         """Yields ``Progress`` after every denoiser evaluation, then the ``GenerationResult``.
@@ -126,14 +139,8 @@ class Model:
 
         All are admitted before any runs, so either all start or ``Busy`` is raised.
         """
-        for r in requests:
-            self.check(r)
-        if self.scheduler.depth + len(requests) > self.scheduler.max_queue:
-            self.scheduler.stats.refused += 1
-            raise Busy(f"busy: {self.scheduler.depth} requests queued or running (limit {self.scheduler.max_queue}); retry later")
-        tickets: list[Ticket] = []
+        tickets = self.submit_many(requests)
         try:
-            tickets = [self.scheduler.submit(r) for r in requests]
             yield from merge_tickets(tickets)
         finally:
             for t in tickets:

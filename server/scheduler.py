@@ -77,6 +77,7 @@ class Ticket:
         self.finished = threading.Event()
         self.state = "waiting"  # waiting | running | done | failed | cancelled
         self.progress: Progress | None = None
+        self.worker: threading.Thread | None = None
 
     def cancel(self) -> None:
         """Asks the worker to stop at its next evaluation (no-op once finished)."""
@@ -152,10 +153,10 @@ def _attention_hook() -> Callable | None:
     (the recorder reads the first rows of the batch as its own).
     """
     try:
-        from ediff_core import paint_with_words
+        from ediff_core.paint_with_words import current_attention_hook
     except ImportError:
         return None
-    return getattr(paint_with_words._local, "hook", None)
+    return current_attention_hook()
 
 
 def _cond_signature(gc: GuidedCond) -> tuple:
@@ -212,17 +213,23 @@ class Scheduler:
 
     def submit(self, request: GenerationRequest) -> Ticket:
         """Admits a request and starts its worker, or raises ``Busy`` at the queue bound."""
-        ticket = Ticket(request)
+        return self.submit_many([request])[0]
+
+    def submit_many(self, requests: list[GenerationRequest]) -> list[Ticket]:
+        """Admits all the requests (they will share calls) or none: ``Busy`` if they do not fit."""
+        tickets = [Ticket(r) for r in requests]
         with self._cv:
             if self._stop:
                 raise Busy("the server is shutting down")
-            if len(self._tickets) >= self.max_queue:
+            if len(self._tickets) + len(tickets) > self.max_queue:
                 self.stats.refused += 1
                 raise Busy(f"busy: {len(self._tickets)} requests queued or running (limit {self.max_queue}); retry later")
-            self._tickets.add(ticket)
-            self.stats.admitted += 1
-        threading.Thread(target=self._work, args=(ticket,), name=f"ediff-request-{ticket.id}", daemon=True).start()
-        return ticket
+            self._tickets.update(tickets)
+            self.stats.admitted += len(tickets)
+        for ticket in tickets:
+            ticket.worker = threading.Thread(target=self._work, args=(ticket,), name=f"ediff-request-{ticket.id}", daemon=True)
+            ticket.worker.start()
+        return tickets
 
     def _work(self, ticket: Ticket) -> None:
         """Worker thread: waits for a slot, runs the generation, posts events to the ticket."""
@@ -374,14 +381,19 @@ class Scheduler:
             s.batch_requests[n_req] += 1
         return outs
 
-    def close(self) -> None:
-        """Stops the loop; running requests fail at their next evaluation."""
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stops the loop and waits for its threads; running requests end at their next evaluation."""
         with self._cv:
             self._stop = True
             pending, self._pending = self._pending, []
-            for t in self._tickets:
+            tickets = list(self._tickets)
+            for t in tickets:
                 t.cancel()
             self._cv.notify_all()
         for item in pending:
             item.error = Cancelled("the server is shutting down")
             item.done.set()
+        self._loop.join(timeout_s)
+        for t in tickets:
+            if t.worker is not None:
+                t.worker.join(timeout_s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -146,8 +147,14 @@ def test_ui_only_mode_talks_to_a_model_server(app, files):
         phrases = json.dumps({"#d72626": "red circle"})
         out = c.predict(prompt=PROMPT, sketch=handle_file(files["sketch"]), phrases=phrases, api_name="/paint_with_words", **FAST)
         assert png_meta(out[1][0])["paint"]["phrases"][0]["phrase"] == "red circle"
+        clip, t5, both, _, _ = c.predict(prompt=PROMPT, seed=2, api_name="/compare_encoders", **FAST)
+        assert [png_meta(p)["encoders"] for p in (clip, t5, both)] == ["clip", "t5", "both"]
+        out = c.predict(prompt=PROMPT, style_image=handle_file(files["reference"]), api_name="/style_transfer", **FAST)
+        assert png_meta(out[1][0])["style_image"] == "64x64"
         with pytest.raises(Exception, match="steps"):
             c.predict(prompt=PROMPT, steps=0, api_name="/generate")
+        with pytest.raises(Exception, match="phrases: phrase 'yellow square' is not in the prompt"):
+            c.predict(prompt=PROMPT, sketch=handle_file(files["sketch"]), phrases='{"#d72626": "yellow square"}', api_name="/paint_with_words", **FAST)
     finally:
         ui.stop()
 
@@ -185,3 +192,27 @@ def test_cancelling_a_gradio_job_stops_its_request(app, client):
         time.sleep(0.05)
     h = health()
     assert h["queue_depth"] == 0 and h["scheduler"]["cancelled"] == before + 1
+
+
+def test_the_gradio_client_snippet_in_the_docs_works(app, tmp_path, monkeypatch):
+    text = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
+    snippet = text.split("## gradio_client", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(snippet.replace("http://127.0.0.1:7860/", app.url + "/"), "serving.md", "exec"), scope)
+    assert png_meta(scope["painted"][1][0])["paint"]["phrases"][1]["phrase"] == "blue star"
+    assert png_meta(scope["styled"][1][0])["style_image"] == "32x32"
+
+
+def test_outputs_are_pruned_but_examples_stay(tmp_path):
+    import os
+
+    from demo.runner import Outputs
+
+    out = Outputs(tmp_path)
+    old = Path(out.save_image(Image.new("RGB", (8, 8)), "old.png"))
+    example = Path(out.save_example(Image.new("RGB", (8, 8)), "ref.png"))
+    for p in (old, example):
+        os.utime(p, (0, 0))
+    out.prune()
+    assert not old.exists() and not old.parent.exists() and example.exists()

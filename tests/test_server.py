@@ -125,7 +125,10 @@ def test_scheduler_batches_concurrent_requests_and_matches_direct_calls(model, t
     assert calls < served, "no evaluation shared a denoiser call"
     for req, res in zip(reqs, results):
         direct = tiny_pipe(req)
-        assert np.array_equal(np.asarray(res.images[0]), np.asarray(direct.images[0]))
+        # Same noise and conditioning; only float rounding of batched kernels may differ (and a
+        # guidance of 1 batched with others runs as uncond + 1·(cond − uncond) rather than cond).
+        diff = np.abs(np.asarray(res.images[0], np.int16) - np.asarray(direct.images[0], np.int16))
+        assert diff.max() <= 2, (req.guidance, diff.max())
         assert res.metadata[0]["experts"] == direct.metadata[0]["experts"]
 
 
@@ -182,7 +185,9 @@ def test_compare_encoders_run_together(model, tiny_pipe):
     results = {m: e for m, e in model.compare_encoders(req) if not hasattr(e, "done")}
     assert set(results) == {"both", "t5", "clip"}
     for m, res in results.items():
-        assert np.array_equal(np.asarray(res.images[0]), np.asarray(tiny_pipe(replace(req, encoders=m)).images[0]))
+        direct = tiny_pipe(replace(req, encoders=m))
+        assert np.abs(np.asarray(res.images[0], np.int16) - np.asarray(direct.images[0], np.int16)).max() <= 2
+        assert res.metadata[0]["encoders"] == m
 
 
 def test_upload_limits_refuse_before_decoding():
@@ -308,6 +313,16 @@ def test_sixteen_simultaneous_requests_complete(app):
     assert [r.status_code for r in responses] == [200] * 16
     assert sorted(r.json()["images"][0]["seed"] for r in responses) == list(range(16))
     assert httpx.get(f"{app.url}/health").json()["scheduler"]["max_batch_requests"] > 1
+
+
+def test_a_client_that_gives_up_cancels_its_request(http):
+    before = http.get("/health").json()["scheduler"]["cancelled"]
+    with pytest.raises(httpx.ReadTimeout):  # the client stops waiting and closes the connection
+        httpx.post(f"{str(http.base_url).rstrip('/')}/v1/generate", json={"prompt": PROMPT, "steps": 200, "sr_steps": 200, "sampler": "heun"}, timeout=1.5)
+    deadline = time.monotonic() + 20
+    while (h := http.get("/health").json())["queue_depth"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert h["queue_depth"] == 0 and h["scheduler"]["cancelled"] == before + 1
 
 
 def test_past_the_queue_bound_busy_then_disconnects_cancel(app, http):

@@ -1,0 +1,187 @@
+"""Acceleration (``ediff_core.accel``) and the ``bench`` figures.
+
+torch.compile is checked against eager on the tiny U-Net; TensorRT, which needs CUDA and
+torch_tensorrt (requirements-cuda.txt), is checked behind the ``gpu`` marker and, everywhere
+else, for its fallback.
+"""
+
+import json
+import logging
+import math
+
+import pytest
+import torch
+
+from ediff_core import accel
+from ediff_core.conditioning import Cond
+from ediff_core.networks import build_unet, denoiser
+from ediff_core.request import GenerationRequest
+from ediff_core.samplers import nfe
+
+DIMS = {"clip_dim": 8, "clip_pooled_dim": 8, "t5_dim": 8, "image_dim": 8}
+T5_LEN = 6
+
+
+def _cond(B: int, seed: int = 0) -> Cond:
+    g = torch.Generator().manual_seed(seed)
+    return Cond(
+        clip_tokens=torch.randn(B, 77, 8, generator=g),
+        clip_mask=torch.arange(77).expand(B, -1) < 5,
+        clip_pooled=torch.randn(B, 8, generator=g),
+        t5_tokens=torch.randn(B, T5_LEN, 8, generator=g),
+        t5_mask=torch.ones(B, T5_LEN, dtype=torch.bool),
+        image_embed=torch.zeros(B, 8),
+        keep=torch.tensor([[True, True, False]]).expand(B, -1).clone(),
+    )
+
+
+def _tiny_net(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_unet("tiny", 16, DIMS).eval().requires_grad_(False)
+
+
+def test_torch_compile_matches_eager():
+    why = accel.torch_compile_unavailable("cpu")
+    if why:
+        pytest.skip(f"torch.compile cannot run here: {why}")
+    net = _tiny_net()
+    D = denoiser(net)
+    x, sigma, cond = torch.randn(2, 3, 16, 16), torch.tensor([0.5, 20.0]), _cond(2)
+    keys = list(net.state_dict())
+    with torch.inference_mode():
+        ref = D(x, sigma, cond)
+        accel.accelerate(net, "torch.compile")
+        out = D(x, sigma, cond)
+    assert isinstance(net.unet.forward, accel.FastForward)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    assert list(net.state_dict()) == keys  # the compiled core is not registered as a submodule
+    accel.restore(net)
+    assert "forward" not in net.unet.__dict__
+
+
+def test_feature_calls_run_eager():
+    """Paint-with-words maps and attention-recording hooks bypass the compiled core."""
+    from dataclasses import replace
+
+    from ediff_core.paint_with_words import attention_hook
+
+    net = _tiny_net()
+    ff = accel.FastForward(net.unet, lambda *inputs: torch.zeros_like(inputs[0]), "torch.compile")
+    eager = ff.eager
+    path = []
+    ff.fast = lambda *inputs: path.append("fast") or torch.zeros_like(inputs[0])
+    ff.eager = lambda *a, **kw: path.append("eager") or eager(*a, **kw)
+    net.unet.forward = ff
+    net.cond_attention = True  # as install_paint_with_words sets it: cond and σ reach the processors
+    D = denoiser(net)
+    x, sigma, cond = torch.randn(1, 3, 16, 16), torch.tensor([1.0]), _cond(1)
+    with torch.inference_mode():
+        D(x, sigma, cond)
+        D(x, sigma, replace(cond, token_maps=torch.zeros(1, 85, 4, 4), pww_weight=torch.ones(1)))
+        with attention_hook(lambda probs, sigma: None):
+            D(x, sigma, cond)
+    assert path == ["fast", "eager", "eager"]
+    accel.restore(net)
+
+
+def test_tensorrt_falls_back_here_and_still_generates(tiny_pipe, caplog):
+    if accel.tensorrt_unavailable(tiny_pipe.device) is None:
+        pytest.skip("TensorRT is available here; see test_tensorrt_engine_matches_eager")
+    with caplog.at_level(logging.WARNING, logger="ediff_core.accel"):
+        report = accel.compile_pipeline(tiny_pipe, "tensorrt")
+    assert report.backend == str(report) == "eager"
+    assert "tensorrt" in report.unavailable and report.unavailable["tensorrt"] in report.reason
+    assert "falls back to eager" in report.reason and report.networks == []
+    assert any("tensorrt" in r.getMessage() for r in caplog.records)
+    result = tiny_pipe(GenerationRequest(prompt="a red circle", seed=3, steps=2, sr_steps=1))
+    assert result.images[0].size == (32, 32)
+
+
+def test_modes_report_and_restore(tiny_pipe):
+    with pytest.raises(ValueError, match="compile mode must be one of"):
+        accel.compile_pipeline(tiny_pipe, "fast")
+    report = accel.compile_pipeline(tiny_pipe, "none")
+    assert report.backend == "eager" and "--compile none" in report.reason
+    if accel.torch_compile_unavailable(tiny_pipe.device) is None:
+        report = accel.compile_pipeline(tiny_pipe, "auto")  # graphs compile lazily: cheap until called
+        names = [f"{s.name}/{e.name}" for s in tiny_pipe.stages for e in s.ensemble.specs]
+        assert report.backend == ("tensorrt" if not accel.tensorrt_unavailable(tiny_pipe.device) else "torch.compile")
+        assert report.networks == names
+        accel.restore_pipeline(tiny_pipe)
+    assert all("forward" not in e.net.unet.__dict__ for s in tiny_pipe.stages for e in s.ensemble.experts)
+
+
+def test_compiler_failure_runs_eager(tiny_pipe, monkeypatch):
+    def broken(unet):
+        raise RuntimeError("inductor exploded")
+
+    monkeypatch.setattr(accel, "_compile_torch", broken)
+    monkeypatch.setattr(accel, "torch_compile_unavailable", lambda device: None)
+    report = accel.compile_pipeline(tiny_pipe, "torch")
+    assert report.backend == "eager" and report.networks == []
+    assert "inductor exploded" in report.unavailable["torch.compile"] and "falls back to eager" in report.reason
+    assert all("forward" not in e.net.unet.__dict__ for s in tiny_pipe.stages for e in s.ensemble.experts)
+
+
+def test_cache_key_tracks_weights_shapes_and_versions():
+    net = _tiny_net()
+    shapes = accel.unet_shapes(net, 16, 77, T5_LEN)
+    assert shapes.per_input() == [(3, 16, 16), (), (85, 32), (16,), (85,)]
+    key = accel.cache_key(net.unet, shapes, "10.9", "NVIDIA H100")
+    assert key == accel.cache_key(net.unet, shapes, "10.9", "NVIDIA H100")
+    p = next(net.unet.parameters())
+    with torch.no_grad():
+        p.view(-1)[0] += 1e-3
+    assert accel.cache_key(net.unet, shapes, "10.9", "NVIDIA H100") != key
+    with torch.no_grad():
+        p.view(-1)[0] -= 1e-3
+    assert accel.cache_key(net.unet, shapes, "10.9", "NVIDIA H100") == key
+    assert accel.cache_key(net.unet, accel.unet_shapes(net, 32, 77, T5_LEN), "10.9", "NVIDIA H100") != key
+    assert accel.cache_key(net.unet, shapes, "10.10", "NVIDIA H100") != key
+    assert accel.cache_key(net.unet, shapes, "10.9", "NVIDIA A100") != key
+
+
+@pytest.mark.gpu
+def test_tensorrt_engine_matches_eager(tiny_model, tmp_path):
+    why = accel.tensorrt_unavailable("cuda")
+    if why:
+        pytest.skip(f"TensorRT cannot run here: {why}")
+    from ediff_core.pipeline import EDiffPipeline
+
+    pipe = EDiffPipeline.from_pretrained(tiny_model, device="cuda")
+    stage, expert = pipe.base, pipe.base.ensemble.experts[0]
+    cond = pipe.encoders.encode(["a red circle", "a blue square"], None, "cuda")
+    x, sigma = torch.randn(2, 3, stage.resolution, stage.resolution, device="cuda"), torch.tensor([0.5, 5.0], device="cuda")
+    with torch.inference_mode():
+        ref = expert(x, sigma, cond)
+        report = accel.compile_pipeline(pipe, "tensorrt", cache_dir=tmp_path)
+        assert report.backend == "tensorrt" and set(report.cache.values()) <= {"built", "not saved"}
+        out = expert(x, sigma, cond)
+    torch.testing.assert_close(out, ref, atol=3e-2, rtol=3e-2)  # fp16 engine vs fp32 eager
+    again = accel.compile_pipeline(pipe, "tensorrt", cache_dir=tmp_path)
+    if "not saved" not in report.cache.values():
+        assert set(again.cache.values()) == {"hit"}
+    assert pipe(GenerationRequest(prompt="a red circle", steps=2, sr_steps=1)).images
+
+
+def test_bench_quick_json(tiny_model, tiny_pipe, capsys):
+    """Every INTERFACES field, with types and the ranges that are not timings."""
+    from ediff_core.cli import main
+
+    assert main(["bench", "--quick", "--json", "--compile", "tensorrt", "--model", str(tiny_model), "--device", "cpu"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    for k in ("unet_ms", "nfe", "latency_s", "sampler_overhead", "ensemble_vs_single", "batch_speedup", "peak_rss_mb", "backend"):
+        assert k in r, k
+    experts = [f"{s.name}/{e.name}" for s in tiny_pipe.stages for e in s.ensemble.specs]
+    assert list(r["unet_ms"]) == experts and list(r["unet_ms_eager"]) == experts
+    s = r["settings"]
+    assert r["nfe"] == nfe(s["sampler"], s["steps"]) + nfe(s["sampler"], s["sr_steps"]) == sum(r["nfe_by_stage"].values())
+    assert r["unet_calls_by_stage"] == r["nfe_by_stage"]  # one expert call per denoiser evaluation
+    timings = [*r["unet_ms"].values(), r["latency_s"], r["sampler_overhead"], r["ensemble_vs_single"], r["batch_speedup"], r["peak_matmul_gflops"]]
+    assert all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in timings)
+    assert r["peak_rss_mb"] > 0
+    assert r["backend"] == "eager" and "tensorrt" in r["unavailable"] and r["unavailable"]["tensorrt"] in r["backend_reason"]
+    assert set(r["time_split_s"]) == {"encoders", *(st.name for st in tiny_pipe.stages), "png"}
+    base = [r["unet_gflop"][n] for n in experts if n.startswith("base/")]
+    assert base[0] > 0 and len(set(base)) == 1  # same architecture, same FLOPs
+    assert set(r["unet_ms_by_threads"]) >= {"1"}
