@@ -51,14 +51,25 @@ def main(args: argparse.Namespace) -> int:
     base = GenerationRequest("x", steps=args.steps)
     if args.suite == "alignment":
         report = alignment_suite(pipe, n=n, base=base, out=Path(args.out) / "images" if args.out else None)
-    elif args.suite in ("paint", "style"):
-        from .eval import control
+    elif args.suite == "paint":
+        from .eval.control import paint_placement_rate
 
-        report = control.suite(pipe, args.suite, n=n)
+        report = {w: vars(paint_placement_rate(pipe, n, seed=0, with_pww=w)) for w in (False, True)}
+        report = {"with_pww": report[True], "without_pww": report[False], "target": 0.85}
+    elif args.suite == "style":
+        from .data.shapes_world import STYLES
+        from .eval.control import style_rate
+
+        report = {s: vars(style_rate(pipe, s, n, seed=0)) for s in STYLES}
+        report["target"] = {"night": 0.8, "comic": 0.8}
     elif args.suite == "paper":
         from .eval.paper import run_paper_suite
+        from .model_folder import default_model_path
 
-        report = run_paper_suite(pipe, Path(args.out or "docs/results"), quick=args.quick, n=args.n)
+        out = Path(args.out or "docs/results")
+        report = run_paper_suite(pipe, out, quick=args.quick, n=args.n, model_folder=args.model or default_model_path())
+        print(json.dumps(report, indent=1, default=str))
+        return 0
     else:
         raise ValueError(f"suite must be one of alignment, paint, style, paper; got {args.suite!r}")
     text = json.dumps(report, indent=1, default=str)

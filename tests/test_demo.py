@@ -182,7 +182,7 @@ def test_auth_protects_the_ui_and_the_api(tiny_model):
 def test_cancelling_a_gradio_job_stops_its_request(app, client):
     health = lambda: httpx.get(f"{app.url}/health").json()  # noqa: E731
     before = health()["scheduler"]["cancelled"]
-    job = client.submit(prompt=PROMPT, steps=200, sampler="heun", api_name="/generate")
+    job = client.submit(prompt=PROMPT, steps=200, sampler="heun", num_images=8, api_name="/generate")  # long enough to still be running when cancelled
     deadline = time.monotonic() + 30
     while health()["queue_depth"] == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
