@@ -357,3 +357,31 @@ def run(preset: str, stage: str, out: Path, resume: bool = False, overrides: dic
     for job in jobs:
         train_job(job, out, enc, cfg, resume=resume, log=log)
         write_model_index(out, cfg)
+    if jobs:
+        plot_losses(out)
+
+
+def plot_losses(out: Path, dest: Path | None = None) -> Path:
+    """One PNG with every job's loss curve (moving average over 25 steps)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for path in sorted((out / "_train").glob("*/*/loss.csv")):
+        rows = list(csv.DictReader(open(path)))
+        if not rows:
+            continue
+        loss = np.array([float(r["loss"]) for r in rows])
+        k = min(25, len(loss))
+        ax.plot(np.arange(k, len(loss) + 1), np.convolve(loss, np.ones(k) / k, mode="valid"), label=str(path.parent.relative_to(out / "_train")))
+    ax.set_xlabel("step of the job")
+    ax.set_ylabel("EDM loss (λ-weighted)")
+    ax.set_yscale("log")
+    ax.legend()
+    dest = dest or out / "loss_curves.png"
+    fig.tight_layout()
+    fig.savefig(dest, dpi=100)
+    plt.close(fig)
+    return dest
