@@ -14,19 +14,11 @@ from typing import Any
 
 from PIL import Image
 
+from ediff_core.data.shapes_world import COLORS
 from ediff_core.request import RequestError
 
 # The 8 Shapes World colours (shared/SHAPES_WORLD.md), the brushes of the paint tab.
-PALETTE: dict[str, tuple[int, int, int]] = {
-    "red": (215, 38, 38),
-    "orange": (240, 135, 20),
-    "yellow": (240, 205, 20),
-    "green": (40, 155, 60),
-    "cyan": (20, 180, 200),
-    "blue": (35, 85, 215),
-    "purple": (135, 55, 185),
-    "pink": (235, 105, 175),
-}
+PALETTE: dict[str, tuple[int, int, int]] = dict(COLORS)
 _HEX = re.compile(r"^#?([0-9a-fA-F]{6})$")
 
 
