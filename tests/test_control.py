@@ -20,14 +20,6 @@ from ediff_core.style import reference_tensor, style_steps
 PROMPT = "a red circle and a blue star"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()  # the machine is shared: one thread is many times faster here
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def reference():
     return render(make_scene([("circle", "red", "large", 0.3, 0.3)], style="night"))

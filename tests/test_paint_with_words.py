@@ -19,14 +19,6 @@ from ediff_core.request import GenerationRequest, RequestError
 PROMPT = "a red circle and a blue star"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()  # the machine is shared: one thread is many times faster here
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _half_sketch(size=64, colour="#ff0000", mode="RGB", background="white"):
     """``colour`` on the left half, ``background`` elsewhere."""
     img = Image.new(mode, (size, size), background)
