@@ -35,7 +35,6 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
 
 def _request_from(ns: dict):
     """A ``GenerationRequest`` from flag values (CLI namespace or a --prompts-file line)."""
-    from PIL import Image
 
     from .request import GenerationRequest
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -18,13 +18,13 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from torch import Tensor
 
-from .conditioning import Cond, select_encoders
+from .conditioning import select_encoders
 from .embed import EncoderSet
 from .experts import ExpertEnsemble, ExpertSpec, Interval
 from .guidance import CFGDenoiser, GuidedCond, ThresholdedDenoiser
 from .model_folder import ExpertEntry, ModelIndex, StageEntry, default_model_path, read_index, resolve_folder, write_index
 from .networks import EDiffUNet, denoiser
-from .request import GenerationRequest, RequestError
+from .request import GenerationRequest
 from .samplers import Step, get_sampler, initial_noise, karras_sigmas, nfe
 
 DEFAULTS = {"steps": 25, "sr_steps": 10, "guidance": 3.0, "sr_guidance": 1.0, "sampler": "dpmpp_2m"}

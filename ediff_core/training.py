@@ -137,7 +137,7 @@ def _lr(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
 
 
-def _save_state(path: Path, net, ema, opt, step: int, losses: list) -> None:
+def _save_state(path: Path, net, ema, opt, step: int) -> None:
     path.mkdir(parents=True, exist_ok=True)
     tensors = {f"net.{k}": v.contiguous() for k, v in net.state_dict().items()}
     tensors |= {f"ema.{k}": v.contiguous() for k, v in ema.state_dict().items()}
@@ -238,7 +238,7 @@ def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bo
         bar.set_postfix(loss=f"{running:.4f}")
         if step % cfg.save_every == 0 or step >= job.steps:
             f.flush()
-            _save_state(state_dir, net, ema, opt, step, [])
+            _save_state(state_dir, net, ema, opt, step)
             export(ema, export_dir, step, cfg)
         if step >= job.steps:
             break
