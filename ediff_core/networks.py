@@ -85,7 +85,9 @@ class EDiffUNet(ModelMixin, ConfigMixin):
             block_out_channels=tuple(channels),
             layers_per_block=layers_per_block,
             cross_attention_dim=width,
-            attention_head_dim=head_dim,
+            # diffusers reads ``attention_head_dim`` as the number of heads (diffusers#2011), so
+            # pass heads per level: channels // head_dim, i.e. head_dim channels per head.
+            attention_head_dim=tuple(max(1, c // head_dim) for c in channels),
             norm_num_groups=norm_groups,
             class_embed_type="projection",
             projection_class_embeddings_input_dim=self.projector.global_dim,

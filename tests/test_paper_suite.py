@@ -10,7 +10,7 @@ from PIL import Image
 
 from ediff_core.data.shapes_world import render
 from ediff_core.eval import metrics as M
-from ediff_core.eval.paper import FINDINGS, TRAIN_BASELINE, load_variant, run_paper_suite
+from ediff_core.eval.paper import FINDINGS, TRAIN_BASELINE, baseline_folder, load_variant, run_paper_suite
 
 VERDICTS = {"yes", "partly", "no", "inconclusive"}
 
@@ -51,6 +51,18 @@ def test_quick_suite_writes_every_finding_plot_and_page(model_with_baseline, tmp
     for f in saved["findings"].values():
         assert f["title"] in page and f["paper"] in page
         assert all(f"(results/{p})" in page for p in f["plots"])
+
+
+def test_baseline_is_found_in_the_model_folder_or_its_train_sibling(tiny_pipe, tiny_model, tmp_path):
+    # checkpoints/ediff-mini keeps its 40 MB budget; the baseline lives in checkpoints/ediff-mini-train.
+    assert baseline_folder(tiny_pipe, tiny_model) is None
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    expert = sorted(p for p in (model / "base").iterdir() if p.is_dir())[0]
+    shutil.copytree(expert, tmp_path / "m-train" / "base" / "baseline")
+    assert baseline_folder(tiny_pipe, model) == tmp_path / "m-train"
+    shutil.copytree(expert, model / "base" / "baseline")
+    assert baseline_folder(tiny_pipe, model) == model
 
 
 def test_baseline_missing_is_recorded_with_the_training_command(tiny_pipe, tiny_model, tmp_path):

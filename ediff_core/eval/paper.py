@@ -110,6 +110,21 @@ def locate_model_folder(pipe: "EDiffPipeline", folder: str | Path | None) -> Pat
     return None
 
 
+def baseline_folder(pipe: "EDiffPipeline", folder: Path | None) -> Path | None:
+    """Where ``base/baseline`` lives: the model folder itself, or its sibling ``<folder>-train``.
+
+    The shipped ediff-mini keeps the Fig. 7 baseline (and the shared model the experts branched from) in
+    ``checkpoints/ediff-mini-train`` so that
+    the default model folder stays within its 40 MB budget.
+    """
+    if folder is None:
+        return None
+    for cand in (folder, folder.parent / f"{folder.name}-train"):
+        if (cand / pipe.base.name / "baseline" / "config.json").exists():
+            return cand
+    return None
+
+
 @contextmanager
 def using(pipe: "EDiffPipeline", base: "Stage | None" = None, aug_sigma: float | None = None) -> Iterator[None]:
     """Temporarily swaps the base stage and/or sets every SR stage's augmentation σ."""
@@ -302,8 +317,8 @@ def _run(pipe: "EDiffPipeline", cfg: PaperConfig, out_dir: Path, markdown: Path,
     t0 = time.perf_counter()
     folder = locate_model_folder(pipe, model_folder)
     variants: dict[str, Stage] = {"ensemble": pipe.base}
-    if folder is not None and (folder / pipe.base.name / "baseline" / "config.json").exists():
-        variants["baseline"] = load_variant(pipe, folder, "baseline")
+    if (where := baseline_folder(pipe, folder)) is not None:
+        variants["baseline"] = load_variant(pipe, where, "baseline")
     enc = pipe.encoders.clip_image
     ref = M.reference(enc, cfg.n_reference, pipe.stages[-1].resolution, out_dir, log=log)
     suite = Suite(pipe, cfg, out_dir, ref, variants, log, folder)

@@ -75,7 +75,7 @@ def ensemble_vs_baseline(s: Suite) -> dict:
     if "baseline" not in s.variants:
         return {"status": "not run: baseline not trained", "command": TRAIN_BASELINE,
                 "why": "The single model `base/baseline` (trained on as many samples as the shared model plus the experts) "
-                       f"is missing from the model folder. Train it with `{TRAIN_BASELINE}`."}
+                       f"is missing from the model folder and from `<model folder>-train`. Train it with `{TRAIN_BASELINE}`."}
     prompts = [c["short"] for _, c in pool(s.cfg.n_sweep)]
     specs = [parse_prompt(p) for p in prompts]
     gs = sorted(set(s.cfg.guidances) | {s.guidance})
