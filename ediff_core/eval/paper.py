@@ -110,6 +110,14 @@ def locate_model_folder(pipe: "EDiffPipeline", folder: str | Path | None) -> Pat
     return None
 
 
+def _display_path(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it (reports carry no home paths)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def baseline_folder(pipe: "EDiffPipeline", folder: Path | None) -> Path | None:
     """Where ``base/baseline`` lives: the model folder itself, or its sibling ``<folder>-train``.
 
@@ -325,7 +333,7 @@ def _run(pipe: "EDiffPipeline", cfg: PaperConfig, out_dir: Path, markdown: Path,
     req = pipe.resolve(suite.request("x", 0))
     argv = sys.argv[1:] if sys.argv[1:2] == ["eval"] else ["eval", "--suite", "paper", "--out", str(out_dir), *(["--quick"] if quick else []), *(["--n", str(n)] if n else [])]
     results = {
-        "suite": "paper", "model": pipe.name, "model_folder": None if folder is None else str(folder), "card": getattr(pipe, "card", {}),
+        "suite": "paper", "model": pipe.name, "model_folder": None if folder is None else _display_path(folder), "card": getattr(pipe, "card", {}),
         "command": "python -m ediff_core " + " ".join(argv), "quick": quick, "config": asdict(cfg),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"), "device": str(pipe.device), "torch_threads": torch_threads(),
         "sampling": {"sampler": req.sampler, "steps": req.steps, "sr_steps": req.sr_steps, "default_guidance": req.guidance, "same_nfe_for_every_model": True},
