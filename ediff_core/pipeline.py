@@ -100,6 +100,10 @@ class EDiffPipeline:
         """Loads a model folder (``model_index.json``), a Hub id when online, or the embedded default."""
         from .embed import load_encoder_set
 
+        if torch.device(device).type == "cpu":
+            from .accel import tune_cpu_allocator
+
+            tune_cpu_allocator()
         folder = resolve_folder(path if path is not None else default_model_path())
         index = read_index(folder)
 

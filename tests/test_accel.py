@@ -8,6 +8,9 @@ else, for its fallback.
 import json
 import logging
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -185,3 +188,35 @@ def test_bench_quick_json(tiny_model, tiny_pipe, capsys):
     base = [r["unet_gflop"][n] for n in experts if n.startswith("base/")]
     assert base[0] > 0 and len(set(base)) == 1  # same architecture, same FLOPs
     assert set(r["unet_ms_by_threads"]) >= {"1"}
+
+
+_MMAPPED_BYTES = r"""
+import ctypes, json, sys, torch
+from ediff_core import accel
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+what = accel.tune_cpu_allocator()
+before = libc.mallinfo2().hblkhd
+x = torch.empty(4 << 20, dtype=torch.uint8)  # one 4 MiB activation-sized buffer
+print(json.dumps({"what": what, "again": accel.tune_cpu_allocator(), "mmapped": libc.mallinfo2().hblkhd - before}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
+@pytest.mark.parametrize("opt_out", [False, True])
+def test_cpu_allocator_keeps_large_buffers_in_the_heap(opt_out):
+    """After tuning, a 4 MiB tensor comes from the heap, not from its own mmap; opting out keeps glibc's default."""
+    env = {**os.environ, "EDIFF_MALLOC_TUNING": "0" if opt_out else "1"}
+    out = subprocess.run([sys.executable, "-c", _MMAPPED_BYTES], env=env, capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["again"] == r["what"]
+    if opt_out:
+        assert r["what"].startswith("default (EDIFF_MALLOC_TUNING=0)")
+        assert r["mmapped"] >= 4 << 20
+    else:
+        assert r["what"] == f"glibc mmap_threshold={32 << 20} trim_threshold={1 << 30}"
+        assert r["mmapped"] == 0
