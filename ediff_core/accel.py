@@ -18,6 +18,7 @@ a different compiler behind the user's back); ``none`` is eager.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -64,33 +65,28 @@ class CompileReport:
 # keeps freed buffers in the heap for reuse; per-image time of the mini U-Nets at U-Net batch 16
 # drops ~15-20 % on this 2-core CPU, batch 2 unchanged (docs/performance.md).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
-_ALLOCATOR_TUNED: str | None = None
 
 
+@functools.cache
 def tune_cpu_allocator(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 << 30) -> str:
     """Sets glibc's ``M_MMAP_THRESHOLD`` / ``M_TRIM_THRESHOLD`` for this process (CPU path).
 
-    Idempotent; ``EDIFF_MALLOC_TUNING=0`` opts out. Returns what was done, for logs and ``bench``:
-    ``"glibc mmap_threshold=… trim_threshold=…"``, or why nothing was (not glibc, opted out).
-    Costs memory only in that freed activations stay mapped (peak RSS, not more than the peak).
+    Runs once per process; ``EDIFF_MALLOC_TUNING=0`` opts out. Returns what was done, for logs and
+    ``bench``: ``"glibc mmap_threshold=… trim_threshold=…"``, or why nothing was. The cost: freed
+    activations stay in the heap, so RSS stays at its peak instead of shrinking between calls.
     """
-    global _ALLOCATOR_TUNED
-    if _ALLOCATOR_TUNED is not None:
-        return _ALLOCATOR_TUNED
-    if os.environ.get("EDIFF_MALLOC_TUNING", "1") == "0":
-        _ALLOCATOR_TUNED = "default (EDIFF_MALLOC_TUNING=0)"
-        return _ALLOCATOR_TUNED
     import ctypes
     import platform
 
+    if os.environ.get("EDIFF_MALLOC_TUNING", "1") == "0":
+        return "default (EDIFF_MALLOC_TUNING=0)"
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        _ALLOCATOR_TUNED = f"default (not glibc: {platform.system()} {platform.libc_ver()[0] or 'unknown libc'})"
-        return _ALLOCATOR_TUNED
+        return f"default (not glibc: {platform.system()} {platform.libc_ver()[0] or 'unknown libc'})"
     libc = ctypes.CDLL("libc.so.6")
-    ok = libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)) == 1
-    _ALLOCATOR_TUNED = f"glibc mmap_threshold={mmap_threshold} trim_threshold={trim_threshold}" if ok else "default (mallopt refused)"
-    log.info("CPU allocator: %s", _ALLOCATOR_TUNED)
-    return _ALLOCATOR_TUNED
+    ok = libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold) == 1
+    what = f"glibc mmap_threshold={mmap_threshold} trim_threshold={trim_threshold}" if ok else "default (mallopt refused)"
+    log.info("CPU allocator: %s", what)
+    return what
 
 
 def tensorrt_unavailable(device: torch.device | str) -> str | None:
