@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -184,10 +185,31 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_dropout(items: list[str]) -> dict[str, float]:
+    """``--dropout`` values ``NAME=RATE`` over the paper's rates (the names not given keep theirs)."""
+    from .conditioning import DROPOUT_RATES
+
+    rates = dict(DROPOUT_RATES)
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in rates:
+            raise ValueError(f"--dropout: the name must be one of {', '.join(rates)}; got {item!r}")
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = math.nan
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"--dropout: {name} needs a rate in [0, 1], as {name}=0.5; got {item!r}")
+        rates[name] = rate
+    return rates
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .training import run
 
     overrides = {k: v for k, v in {"base_steps": args.base_steps, "expert_steps": args.expert_steps, "sr_steps": args.sr_steps, "threads": args.threads, "batch_size": args.batch_size}.items() if v is not None}
+    if args.dropout:
+        overrides["dropout"] = parse_dropout(args.dropout)
     run(args.preset, args.stage, Path(args.out), resume=args.resume, overrides=overrides)
     return 0
 
@@ -230,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true")
     for name in ("base-steps", "expert-steps", "sr-steps", "threads", "batch-size"):
         t.add_argument(f"--{name}", type=int, default=None)
+    t.add_argument("--dropout", action="append", metavar="NAME=RATE",
+                   help="per-embedding training dropout (§4.2), repeatable: clip_text, t5 or clip_image = a rate in [0, 1]")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="alignment and quality metrics; the paper-style experiments")

@@ -83,3 +83,20 @@ def test_run_all_stages_exports_a_loadable_model_and_resumes(tiny_model, tmp_pat
     run("tiny", "base", out, resume=True, overrides={"base_steps": 5}, log=logs.append)
     assert any("already at step 5" in m for m in logs)
     assert json.loads((out / "base" / "shared" / "training.json").read_text())["step"] == 5
+
+
+def test_train_cli_dropout_override_reaches_the_job_record(tiny_model, tmp_path, capsys):
+    import shutil
+
+    from ediff_core.cli import main
+
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copytree(tiny_model / "t5", out / "t5")
+    shutil.copytree(tiny_model / "clip", out / "clip")
+    assert main(["train", "--preset", "tiny", "--stage", "base", "--out", str(out), "--dropout", "clip_text=0.5"]) == 0
+    rates = json.loads((out / "base" / "shared" / "training.json").read_text())["config"]["dropout"]
+    assert rates == {"clip_text": 0.5, "t5": 0.25, "clip_image": 0.9}
+    for bad, says in (("clip=0.5", "one of clip_text, t5, clip_image"), ("t5=1.5", "t5 needs a rate in [0, 1]"), ("t5=x", "t5 needs a rate")):
+        assert main(["train", "--preset", "tiny", "--stage", "base", "--out", str(out), "--dropout", bad]) == 2
+        assert says in capsys.readouterr().err
