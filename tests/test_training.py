@@ -27,6 +27,17 @@ def _fixed_loss(D, x0, cond, loss_fn):
     return loss_fn(D, x0, cond, torch.Generator().manual_seed(123)).mean()
 
 
+@pytest.fixture
+def out(tiny_model, tmp_path):
+    """A run folder holding the tiny model's encoders, as `train --stage base` expects."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_model / "t5", run_dir / "t5")
+    shutil.copytree(tiny_model / "clip", run_dir / "clip")
+    return run_dir
+
+
 @pytest.mark.parametrize("stage", ["base", "expert", "sr"])
 def test_training_steps_lower_the_loss(tiny_pipe, batch, stage):
     torch.manual_seed(0)
@@ -52,16 +63,10 @@ def test_training_steps_lower_the_loss(tiny_pipe, batch, stage):
     assert after < 0.8 * before, (before, after)
 
 
-def test_run_all_stages_exports_a_loadable_model_and_resumes(tiny_model, tmp_path):
-    import shutil
-
+def test_run_all_stages_exports_a_loadable_model_and_resumes(out):
     from ediff_core.pipeline import EDiffPipeline
     from ediff_core.request import GenerationRequest
 
-    out = tmp_path / "run"
-    out.mkdir()
-    shutil.copytree(tiny_model / "t5", out / "t5")
-    shutil.copytree(tiny_model / "clip", out / "clip")
     logs = []
     run("tiny", "base", out, log=logs.append)
     idx = json.loads((out / "model_index.json").read_text())
@@ -85,15 +90,9 @@ def test_run_all_stages_exports_a_loadable_model_and_resumes(tiny_model, tmp_pat
     assert json.loads((out / "base" / "shared" / "training.json").read_text())["step"] == 5
 
 
-def test_train_cli_dropout_override_reaches_the_job_record(tiny_model, tmp_path, capsys):
-    import shutil
-
+def test_train_cli_dropout_override_reaches_the_job_record(out, capsys):
     from ediff_core.cli import main
 
-    out = tmp_path / "run"
-    out.mkdir()
-    shutil.copytree(tiny_model / "t5", out / "t5")
-    shutil.copytree(tiny_model / "clip", out / "clip")
     assert main(["train", "--preset", "tiny", "--stage", "base", "--out", str(out), "--dropout", "clip_text=0.5"]) == 0
     rates = json.loads((out / "base" / "shared" / "training.json").read_text())["config"]["dropout"]
     assert rates == {"clip_text": 0.5, "t5": 0.25, "clip_image": 0.9}
