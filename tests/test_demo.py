@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
+from gradio_client.utils import Status
 from PIL import Image
 
 from demo.ui import mapping_from_rows, phrases_from_prompt
@@ -187,11 +188,14 @@ def test_cancelling_a_gradio_job_stops_its_request(app, client):
     while health()["queue_depth"] == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert health()["running"] == 1
+    # The client cancels a job it has seen start: before that it may not know the job's event id yet.
+    while job.status().code not in (Status.PROCESSING, Status.ITERATING, Status.PROGRESS) and time.monotonic() < deadline:
+        time.sleep(0.05)
     job.cancel()  # Gradio closes the generator, which cancels the ticket
     while health()["queue_depth"] and time.monotonic() < deadline:
         time.sleep(0.05)
     h = health()
-    assert h["queue_depth"] == 0 and h["scheduler"]["cancelled"] == before + 1
+    assert h["queue_depth"] == 0 and h["scheduler"]["cancelled"] == before + 1, h["scheduler"]
 
 
 def test_the_gradio_client_snippet_in_the_docs_works(app, tmp_path, monkeypatch):
