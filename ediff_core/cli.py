@@ -207,7 +207,7 @@ def parse_dropout(items: list[str]) -> dict[str, float]:
 def cmd_train(args: argparse.Namespace) -> int:
     from .training import run
 
-    overrides = {k: v for k, v in {"base_steps": args.base_steps, "expert_steps": args.expert_steps, "sr_steps": args.sr_steps, "threads": args.threads, "batch_size": args.batch_size}.items() if v is not None}
+    overrides = {k: v for k, v in {"base_steps": args.base_steps, "expert_steps": args.expert_steps, "sr_steps": args.sr_steps, "threads": args.threads, "batch_size": args.batch_size, "lr": args.lr}.items() if v is not None}
     if args.dropout:
         overrides["dropout"] = parse_dropout(args.dropout)
     run(args.preset, args.stage, Path(args.out), resume=args.resume, overrides=overrides)
@@ -252,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true")
     for name in ("base-steps", "expert-steps", "sr-steps", "threads", "batch-size"):
         t.add_argument(f"--{name}", type=int, default=None)
+    t.add_argument("--lr", type=float, default=None, help="AdamW learning rate (preset mini: 3e-4; the paper: 1e-4), e.g. a lower one to anneal a resumed run")
     t.add_argument("--dropout", action="append", metavar="NAME=RATE",
                    help="per-embedding training dropout (§4.2), repeatable: clip_text, t5 or clip_image = a rate in [0, 1]")
     t.set_defaults(func=cmd_train)
@@ -262,7 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n", type=int, default=None, help="prompts per category")
     e.add_argument("--out", default=None)
     e.add_argument("--quick", action="store_true")
-    e.add_argument("--steps", type=int, default=None)
+    e.add_argument("--steps", type=int, default=None, help="base sampler steps (default: the model's)")
+    e.add_argument("--guidance", type=float, default=None, help="classifier-free guidance w for the alignment, paint and style suites (default: the model's)")
+    e.add_argument("--style-strength", type=float, default=None, help="style suite: the reference's strength (default 1)")
     e.set_defaults(func=cmd_eval)
 
     b = sub.add_parser("bench", help="speed and memory figures")

@@ -18,6 +18,7 @@ from .request import GenerationRequest
 
 # The targets, per category.
 TARGETS = {"single": 0.90, "multi": 0.70, "positions": 0.60, "heldout": 0.70}
+SUITES = ("alignment", "paint", "style", "paper")
 
 
 def alignment_suite(pipe: EDiffPipeline, n: int = 16, seed: int = 0, base: GenerationRequest | None = None, kinds=EVAL_KINDS, out: Path | None = None) -> dict:
@@ -46,22 +47,29 @@ def alignment_suite(pipe: EDiffPipeline, n: int = 16, seed: int = 0, base: Gener
 def main(args: argparse.Namespace) -> int:
     from .cli import _device
 
+    if args.suite not in SUITES:
+        raise ValueError(f"suite must be one of {', '.join(SUITES)}; got {args.suite!r}")
+    # Sampling settings of the alignment, paint and style suites; None keeps the model's defaults (model_index.json).
+    request = {k: v for k, v in {"steps": args.steps, "guidance": args.guidance}.items() if v is not None}
+    base = GenerationRequest("x", **request).validate()  # a RequestError names the bad flag, before the model loads
+    strength = 1.0 if args.style_strength is None else args.style_strength
+    GenerationRequest("x", style_strength=strength).validate()
     pipe = EDiffPipeline.from_pretrained(args.model, device=_device(args.device))
     n = args.n or (2 if args.quick else 16)
-    base = GenerationRequest("x", steps=args.steps)
     if args.suite == "alignment":
         report = alignment_suite(pipe, n=n, base=base, out=Path(args.out) / "images" if args.out else None)
     elif args.suite == "paint":
         from .eval.control import paint_placement_rate
 
-        report = {w: vars(paint_placement_rate(pipe, n, seed=0, with_pww=w)) for w in (False, True)}
-        report = {"with_pww": report[True], "without_pww": report[False], "target": 0.85}
+        report = {w: vars(paint_placement_rate(pipe, n, seed=0, with_pww=w, **request)) for w in (False, True)}
+        report = {"with_pww": report[True], "without_pww": report[False], "target": 0.85, "settings": request}
     elif args.suite == "style":
         from .data.shapes_world import STYLES
         from .eval.control import style_rate
 
-        report = {s: vars(style_rate(pipe, s, n, seed=0)) for s in STYLES}
+        report = {s: vars(style_rate(pipe, s, n, seed=0, strength=strength, **request)) for s in STYLES}
         report["target"] = {"night": 0.8, "comic": 0.8}
+        report["settings"] = {**request, "style_strength": strength}
     elif args.suite == "paper":
         from .eval.paper import run_paper_suite
         from .model_folder import default_model_path
@@ -70,8 +78,6 @@ def main(args: argparse.Namespace) -> int:
         report = run_paper_suite(pipe, out, quick=args.quick, n=args.n, model_folder=args.model or default_model_path())
         print(json.dumps(report, indent=1, default=str))
         return 0
-    else:
-        raise ValueError(f"suite must be one of alignment, paint, style, paper; got {args.suite!r}")
     text = json.dumps(report, indent=1, default=str)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)

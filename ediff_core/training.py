@@ -134,6 +134,7 @@ class Job:
 
 
 def _lr(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up over ``cfg.warmup`` steps, then constant; ``step`` counts from the optimizer's start."""
     return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
 
 
@@ -186,12 +187,14 @@ def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bo
     res = cfg.sr_crop if job.super_resolution else cfg.base_resolution
     net = build_unet(cfg.sr_unet if job.super_resolution else cfg.base_unet, cfg.sr_resolution if job.super_resolution else res, enc.dims, job.super_resolution)
     step = 0
+    warm_from = 0  # the step at which this optimizer started: a fresh AdamW warms up again from here
     if job.init is not None:
         net.load_state_dict(_final_weights(out, job.init))
     elif resume and not (state_dir / "state.json").exists() and (export_dir / "config.json").exists():
         net.load_state_dict(EDiffUNet.from_pretrained(export_dir, low_cpu_mem_usage=False).state_dict())
         step = json.loads((export_dir / "training.json").read_text()).get("step", 0) if (export_dir / "training.json").exists() else 0
-        log(f"{job.name}: warm start from exported weights at step {step} (no optimizer state)")
+        warm_from = step
+        log(f"{job.name}: warm start from exported weights at step {step} (no optimizer state; lr warms up again)")
     net = net.float().train()
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -221,7 +224,7 @@ def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bo
         if job.super_resolution:
             x0, cond = _sr_inputs(batch, cond, cfg, gen)
         for g in opt.param_groups:
-            g["lr"] = _lr(cfg, step)
+            g["lr"] = _lr(cfg, step - warm_from)
         loss = loss_fn(D, x0, cond, gen).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -233,7 +236,7 @@ def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bo
                 pe.lerp_(pn, 1 - decay)
         step += 1
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        writer.writerow([step, f"{loss.item():.5f}", f"{_lr(cfg, step - 1):.2e}", f"{time.time() - t0:.1f}"])
+        writer.writerow([step, f"{loss.item():.5f}", f"{_lr(cfg, step - 1 - warm_from):.2e}", f"{time.time() - t0:.1f}"])
         bar.update(1)
         bar.set_postfix(loss=f"{running:.4f}")
         if step % cfg.save_every == 0 or step >= job.steps:
@@ -331,6 +334,8 @@ def run(preset: str, stage: str, out: Path, resume: bool = False, overrides: dic
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {', '.join(STAGES)}; got {stage!r}")
     cfg = replace(PRESETS[preset], **(overrides or {}))
+    if not cfg.lr > 0:
+        raise ValueError(f"lr must be a positive learning rate; got {cfg.lr!r}")
     torch.set_num_threads(cfg.threads)
     out.mkdir(parents=True, exist_ok=True)
     (out / "_train").mkdir(exist_ok=True)

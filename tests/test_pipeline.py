@@ -156,6 +156,27 @@ def test_cli_prompts_file_and_info(tiny_model, tmp_path):
     assert all(e["parameters"] > 0 for e in info["experts"])
 
 
+def test_eval_cli_sampling_flags_reach_every_generation(tiny_model, tmp_path, capsys):
+    """``eval --guidance/--steps/--style-strength``: the images change with guidance, the reports record it."""
+    from ediff_core.cli import main
+
+    common = ["eval", "--model", str(tiny_model), "--device", "cpu", "--n", "1", "--steps", "2"]
+    for g in ("1", "6"):
+        assert main([*common, "--suite", "alignment", "--guidance", g, "--out", str(tmp_path / g)]) == 0
+        report = json.loads((tmp_path / g / "alignment.json").read_text())
+        assert report["settings"]["guidance"] == float(g) and report["settings"]["steps"] == 2
+    # Saved as KIND_III_{ok,no}.png: the verdict may differ, the image of each prompt must somewhere.
+    images = [{p.name.rsplit("_", 1)[0]: np.asarray(Image.open(p)) for p in (tmp_path / g / "images").glob("*.png")} for g in ("1", "6")]
+    assert images[0] and images[0].keys() == images[1].keys()
+    assert any(not np.array_equal(images[0][k], images[1][k]) for k in images[0])
+    assert main([*common, "--suite", "style", "--guidance", "2", "--style-strength", "2.5", "--out", str(tmp_path / "s")]) == 0
+    assert json.loads((tmp_path / "s" / "style.json").read_text())["settings"] == {"steps": 2, "guidance": 2.0, "style_strength": 2.5}
+    capsys.readouterr()
+    for bad, says in ((["--guidance", "-1"], "guidance: must be"), (["--style-strength", "11"], "style_strength: must be"), (["--suite", "fid"], "suite must be one of alignment, paint, style, paper")):
+        assert main([*common, *bad]) == 2
+        assert says in capsys.readouterr().err
+
+
 def test_cli_bad_input_exits_with_a_named_field(tiny_model):
     r = _cli("generate", "--model", str(tiny_model), "--prompt", "a red circle", "--steps", "0", check=False)
     assert r.returncode == 2 and "steps: must be from 1 to 200; got 0" in r.stderr

@@ -99,3 +99,28 @@ def test_train_cli_dropout_override_reaches_the_job_record(out, capsys):
     for bad, says in (("clip=0.5", "one of clip_text, t5, clip_image"), ("t5=1.5", "t5 needs a rate in [0, 1]"), ("t5=x", "t5 needs a rate")):
         assert main(["train", "--preset", "tiny", "--stage", "base", "--out", str(out), "--dropout", bad]) == 2
         assert says in capsys.readouterr().err
+
+
+def test_lr_override_and_a_warm_start_warms_the_learning_rate_up_again(out, capsys):
+    """A warm start (exported weights, no optimizer state) gets a fresh AdamW, so its lr ramps again."""
+    from ediff_core.cli import main
+
+    def lrs() -> dict[int, float]:
+        return {int(r[0]): float(r[2]) for r in list(csv.reader(open(out / "_train" / "base" / "shared" / "loss.csv")))[1:]}
+
+    run("tiny", "base", out, overrides={"base_steps": 2, "lr": 1e-3, "warmup": 4})
+    assert lrs() == {1: 2.5e-4, 2: 5e-4}
+    for f in ("state.safetensors", "state.json"):
+        (out / "_train" / "base" / "shared" / f).unlink()
+    logs = []
+    run("tiny", "base", out, resume=True, overrides={"base_steps": 7, "lr": 1e-3, "warmup": 4}, log=logs.append)
+    assert any("warm start from exported weights at step 2" in m and "warms up again" in m for m in logs)
+    assert [lrs()[s] for s in range(3, 8)] == [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3]
+    # The CLI flag reaches the job record; a non-positive rate is refused by name.
+    args = ["train", "--preset", "tiny", "--stage", "base", "--out", str(out), "--resume", "--base-steps", "8"]
+    assert main([*args, "--lr", "2e-4"]) == 0
+    assert json.loads((out / "base" / "shared" / "training.json").read_text())["config"]["lr"] == 2e-4
+    assert lrs()[8] == 2e-4
+    for bad in ("0", "-1e-4"):
+        assert main([*args, f"--lr={bad}"]) == 2
+        assert "lr must be a positive learning rate" in capsys.readouterr().err
