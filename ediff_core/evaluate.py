@@ -51,9 +51,8 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"suite must be one of {', '.join(SUITES)}; got {args.suite!r}")
     # Sampling settings of the alignment, paint and style suites; None keeps the model's defaults (model_index.json).
     request = {k: v for k, v in {"steps": args.steps, "guidance": args.guidance}.items() if v is not None}
-    base = GenerationRequest("x", **request).validate()  # a RequestError names the bad flag, before the model loads
     strength = 1.0 if args.style_strength is None else args.style_strength
-    GenerationRequest("x", style_strength=strength).validate()
+    base = GenerationRequest("x", style_strength=strength, **request).validate()  # a RequestError names the bad flag, before the model loads
     pipe = EDiffPipeline.from_pretrained(args.model, device=_device(args.device))
     n = args.n or (2 if args.quick else 16)
     if args.suite == "alignment":

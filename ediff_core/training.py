@@ -223,8 +223,9 @@ def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bo
         x0 = batch["base"]
         if job.super_resolution:
             x0, cond = _sr_inputs(batch, cond, cfg, gen)
+        lr = _lr(cfg, step - warm_from)
         for g in opt.param_groups:
-            g["lr"] = _lr(cfg, step - warm_from)
+            g["lr"] = lr
         loss = loss_fn(D, x0, cond, gen).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -236,7 +237,7 @@ def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bo
                 pe.lerp_(pn, 1 - decay)
         step += 1
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        writer.writerow([step, f"{loss.item():.5f}", f"{_lr(cfg, step - 1 - warm_from):.2e}", f"{time.time() - t0:.1f}"])
+        writer.writerow([step, f"{loss.item():.5f}", f"{lr:.2e}", f"{time.time() - t0:.1f}"])
         bar.update(1)
         bar.set_postfix(loss=f"{running:.4f}")
         if step % cfg.save_every == 0 or step >= job.steps:

@@ -165,7 +165,7 @@ def test_eval_cli_sampling_flags_reach_every_generation(tiny_model, tmp_path, ca
         assert main([*common, "--suite", "alignment", "--guidance", g, "--out", str(tmp_path / g)]) == 0
         report = json.loads((tmp_path / g / "alignment.json").read_text())
         assert report["settings"]["guidance"] == float(g) and report["settings"]["steps"] == 2
-    # Saved as KIND_III_{ok,no}.png: the verdict may differ, the image of each prompt must somewhere.
+    # Saved as KIND_III_{ok,no}.png: the verdicts may differ; the images must differ somewhere.
     images = [{p.name.rsplit("_", 1)[0]: np.asarray(Image.open(p)) for p in (tmp_path / g / "images").glob("*.png")} for g in ("1", "6")]
     assert images[0] and images[0].keys() == images[1].keys()
     assert any(not np.array_equal(images[0][k], images[1][k]) for k in images[0])
