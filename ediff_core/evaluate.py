@@ -52,7 +52,8 @@ def main(args: argparse.Namespace) -> int:
     # Sampling settings of the alignment, paint and style suites; None keeps the model's defaults (model_index.json).
     request = {k: v for k, v in {"steps": args.steps, "guidance": args.guidance}.items() if v is not None}
     strength = 1.0 if args.style_strength is None else args.style_strength
-    base = GenerationRequest("x", style_strength=strength, **request).validate()  # a RequestError names the bad flag, before the model loads
+    pww_weight = 1.0 if args.pww_weight is None else args.pww_weight
+    base = GenerationRequest("x", style_strength=strength, pww_weight=pww_weight, **request).validate()  # a RequestError names the bad flag, before the model loads
     pipe = EDiffPipeline.from_pretrained(args.model, device=_device(args.device))
     n = args.n or (2 if args.quick else 16)
     if args.suite == "alignment":
@@ -60,8 +61,8 @@ def main(args: argparse.Namespace) -> int:
     elif args.suite == "paint":
         from .eval.control import paint_placement_rate
 
-        report = {w: vars(paint_placement_rate(pipe, n, seed=0, with_pww=w, **request)) for w in (False, True)}
-        report = {"with_pww": report[True], "without_pww": report[False], "target": 0.85, "settings": request}
+        report = {w: vars(paint_placement_rate(pipe, n, seed=0, with_pww=w, pww_weight=pww_weight, out=Path(args.out) / "images" if args.out else None, **request)) for w in (False, True)}
+        report = {"with_pww": report[True], "without_pww": report[False], "target": 0.85, "settings": {**request, "pww_weight": pww_weight}}
     elif args.suite == "style":
         from .data.shapes_world import STYLES
         from .eval.control import style_rate

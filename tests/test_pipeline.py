@@ -157,7 +157,7 @@ def test_cli_prompts_file_and_info(tiny_model, tmp_path):
 
 
 def test_eval_cli_sampling_flags_reach_every_generation(tiny_model, tmp_path, capsys):
-    """``eval --guidance/--steps/--style-strength``: the images change with guidance, the reports record it."""
+    """``eval --guidance/--steps/--style-strength/--pww-weight``: the images change with guidance, the reports record it."""
     from ediff_core.cli import main
 
     common = ["eval", "--model", str(tiny_model), "--device", "cpu", "--n", "1", "--steps", "2"]
@@ -171,8 +171,18 @@ def test_eval_cli_sampling_flags_reach_every_generation(tiny_model, tmp_path, ca
     assert any(not np.array_equal(images[0][k], images[1][k]) for k in images[0])
     assert main([*common, "--suite", "style", "--guidance", "2", "--style-strength", "2.5", "--out", str(tmp_path / "s")]) == 0
     assert json.loads((tmp_path / "s" / "style.json").read_text())["settings"] == {"steps": 2, "guidance": 2.0, "style_strength": 2.5}
+    # --pww-weight reaches the painted generations: w′ = 0 is the unmodulated model, so its images equal the run without paint.
+    for w in ("0", "8"):
+        assert main([*common, "--suite", "paint", "--pww-weight", w, "--out", str(tmp_path / f"p{w}")]) == 0
+    assert json.loads((tmp_path / "p8" / "paint.json").read_text())["settings"] == {"steps": 2, "pww_weight": 8.0}
+    painted = {w: {p.name.rsplit("_", 1)[0]: np.asarray(Image.open(p)) for p in (tmp_path / f"p{w}" / "images").glob("*_000_*.png")} for w in ("0", "8")}
+    assert painted["0"].keys() == painted["8"].keys() == {"pww_000", "plain_000"}
+    assert np.array_equal(painted["0"]["pww_000"], painted["0"]["plain_000"])  # w′ = 0: the stock attention
+    assert np.array_equal(painted["8"]["plain_000"], painted["0"]["plain_000"])
+    assert not np.array_equal(painted["8"]["pww_000"], painted["0"]["pww_000"])
+    assert (tmp_path / "p8" / "images" / "sketch_000.png").is_file()
     capsys.readouterr()
-    for bad, says in ((["--guidance", "-1"], "guidance: must be"), (["--style-strength", "11"], "style_strength: must be"), (["--suite", "fid"], "suite must be one of alignment, paint, style, paper")):
+    for bad, says in ((["--guidance", "-1"], "guidance: must be"), (["--style-strength", "11"], "style_strength: must be"), (["--pww-weight", "-1"], "pww_weight: must be"), (["--suite", "fid"], "suite must be one of alignment, paint, style, paper")):
         assert main([*common, *bad]) == 2
         assert says in capsys.readouterr().err
 

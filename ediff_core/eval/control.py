@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -96,10 +97,11 @@ def placement_layout(seed: int) -> tuple[str, list[ShapeObject], Image.Image, di
     return _prompt(objects), objects, sketch, phrases
 
 
-def paint_placement_rate(pipe: "EDiffPipeline", n: int, seed: int, with_pww: bool, pww_weight: float = 1.0, **request: object) -> ControlRate:
+def paint_placement_rate(pipe: "EDiffPipeline", n: int, seed: int, with_pww: bool, pww_weight: float = 1.0, out: Path | None = None, **request: object) -> ControlRate:
     """Share of ``n`` random layouts whose every object lands (centre) inside its painted region.
 
-    ``request`` holds further ``GenerationRequest`` fields (steps, guidance, ...).
+    ``request`` holds further ``GenerationRequest`` fields (steps, guidance, ...). With ``out``, each
+    image is saved as ``{pww|plain}_III_{ok|no}.png`` and each layout's sketch as ``sketch_III.png``.
     """
     from ediff_core.paint_with_words import PaintSpec
 
@@ -114,6 +116,10 @@ def paint_placement_rate(pipe: "EDiffPipeline", n: int, seed: int, with_pww: boo
             x0, y0, x1, y1 = _region(o)
             placed.append(any(d.color == o.color and x0 <= d.cx <= x1 and y0 <= d.cy <= y1 for d in found))
         hits += all(placed)
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            sketch.save(out / f"sketch_{i:03d}.png")
+            result.images[0].save(out / f"{'pww' if with_pww else 'plain'}_{i:03d}_{'ok' if all(placed) else 'no'}.png")
         details.append({"prompt": prompt, "seed": seed + i, "placed": placed, "detections": [(d.color, d.shape, round(d.cx, 3), round(d.cy, 3)) for d in found]})
     return ControlRate(hits / max(n, 1), hits, n, details)
 
