@@ -267,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--guidance", type=float, default=None, help="classifier-free guidance w for the alignment, paint and style suites (default: the model's)")
     e.add_argument("--style-strength", type=float, default=None, help="style suite: the reference's strength (default 1)")
     e.add_argument("--pww-weight", type=float, default=None, help="paint suite: paint-with-words w′ (default 1)")
+    e.add_argument("--encoders", default=None, help="both | t5 | clip: the text encoders every suite but paper conditions on (default both; §5.2)")
     e.set_defaults(func=cmd_eval)
 
     b = sub.add_parser("bench", help="speed and memory figures")

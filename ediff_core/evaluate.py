@@ -50,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
     if args.suite not in SUITES:
         raise ValueError(f"suite must be one of {', '.join(SUITES)}; got {args.suite!r}")
     # Sampling settings of the alignment, paint and style suites; None keeps the model's defaults (model_index.json).
-    request = {k: v for k, v in {"steps": args.steps, "guidance": args.guidance}.items() if v is not None}
+    request = {k: v for k, v in {"steps": args.steps, "guidance": args.guidance, "encoders": args.encoders}.items() if v is not None}
     strength = 1.0 if args.style_strength is None else args.style_strength
     pww_weight = 1.0 if args.pww_weight is None else args.pww_weight
     base = GenerationRequest("x", style_strength=strength, pww_weight=pww_weight, **request).validate()  # a RequestError names the bad flag, before the model loads

@@ -157,7 +157,7 @@ def test_cli_prompts_file_and_info(tiny_model, tmp_path):
 
 
 def test_eval_cli_sampling_flags_reach_every_generation(tiny_model, tmp_path, capsys):
-    """``eval --guidance/--steps/--style-strength/--pww-weight``: the images change with guidance, the reports record it."""
+    """``eval --guidance/--steps/--style-strength/--pww-weight/--encoders``: the images change with each, the reports record it."""
     from ediff_core.cli import main
 
     common = ["eval", "--model", str(tiny_model), "--device", "cpu", "--n", "1", "--steps", "2"]
@@ -169,6 +169,11 @@ def test_eval_cli_sampling_flags_reach_every_generation(tiny_model, tmp_path, ca
     images = [{p.name.rsplit("_", 1)[0]: np.asarray(Image.open(p)) for p in (tmp_path / g / "images").glob("*.png")} for g in ("1", "6")]
     assert images[0] and images[0].keys() == images[1].keys()
     assert any(not np.array_equal(images[0][k], images[1][k]) for k in images[0])
+    # --encoders reaches the alignment generations too (§5.2): T5 alone changes the images of guidance 6.
+    assert main([*common, "--suite", "alignment", "--guidance", "6", "--encoders", "t5", "--out", str(tmp_path / "t5")]) == 0
+    assert json.loads((tmp_path / "t5" / "alignment.json").read_text())["settings"]["encoders"] == "t5"
+    t5_only = {p.name.rsplit("_", 1)[0]: np.asarray(Image.open(p)) for p in (tmp_path / "t5" / "images").glob("*.png")}
+    assert t5_only.keys() == images[1].keys() and any(not np.array_equal(t5_only[k], images[1][k]) for k in t5_only)
     assert main([*common, "--suite", "style", "--guidance", "2", "--style-strength", "2.5", "--out", str(tmp_path / "s")]) == 0
     assert json.loads((tmp_path / "s" / "style.json").read_text())["settings"] == {"steps": 2, "guidance": 2.0, "style_strength": 2.5}
     # --pww-weight reaches the painted generations: w′ = 0 is the unmodulated model, so its images equal the run without paint.
@@ -182,7 +187,7 @@ def test_eval_cli_sampling_flags_reach_every_generation(tiny_model, tmp_path, ca
     assert not np.array_equal(painted["8"]["pww_000"], painted["0"]["pww_000"])
     assert (tmp_path / "p8" / "images" / "sketch_000.png").is_file()
     capsys.readouterr()
-    for bad, says in ((["--guidance", "-1"], "guidance: must be"), (["--style-strength", "11"], "style_strength: must be"), (["--pww-weight", "-1"], "pww_weight: must be"), (["--suite", "fid"], "suite must be one of alignment, paint, style, paper")):
+    for bad, says in ((["--guidance", "-1"], "guidance: must be"), (["--style-strength", "11"], "style_strength: must be"), (["--pww-weight", "-1"], "pww_weight: must be"), (["--encoders", "xl"], "encoders: must be one of"), (["--suite", "fid"], "suite must be one of alignment, paint, style, paper")):
         assert main([*common, *bad]) == 2
         assert says in capsys.readouterr().err
 
