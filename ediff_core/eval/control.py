@@ -101,7 +101,7 @@ def paint_placement_rate(pipe: "EDiffPipeline", n: int, seed: int, with_pww: boo
     """Share of ``n`` random layouts whose every object lands (centre) inside its painted region.
 
     ``request`` holds further ``GenerationRequest`` fields (steps, guidance, ...). With ``out``, each
-    image is saved as ``{pww|plain}_III_{ok|no}.png`` and each layout's sketch as ``sketch_III.png``.
+    image is saved as ``{pww|plain}_III_{ok|no}.png`` and, by the painted run, each layout's sketch as ``sketch_III.png``.
     """
     from ediff_core.paint_with_words import PaintSpec
 
@@ -118,7 +118,8 @@ def paint_placement_rate(pipe: "EDiffPipeline", n: int, seed: int, with_pww: boo
         hits += all(placed)
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
-            sketch.save(out / f"sketch_{i:03d}.png")
+            if with_pww:  # the layout is the same for both runs; its sketch is written once
+                sketch.save(out / f"sketch_{i:03d}.png")
             result.images[0].save(out / f"{'pww' if with_pww else 'plain'}_{i:03d}_{'ok' if all(placed) else 'no'}.png")
         details.append({"prompt": prompt, "seed": seed + i, "placed": placed, "detections": [(d.color, d.shape, round(d.cx, 3), round(d.cy, 3)) for d in found]})
     return ControlRate(hits / max(n, 1), hits, n, details)
