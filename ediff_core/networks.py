@@ -31,10 +31,14 @@ class UNetConfig:
     norm_groups: int = 16  # GroupNorm groups; must divide every channel count
 
 
-# Named presets: ``tiny`` for tests, ``mini`` for ediff-mini, ``paper`` for the Table 2-4 base.
+# Named presets: ``tiny`` (and ``tiny_attn``, attention at every level) for tests, ``mini`` for ediff-mini, ``paper`` for the Table 2-4 base.
 PRESETS: dict[str, UNetConfig] = {
     "tiny": UNetConfig(channels=(16, 32), attention=(False, True), width=32, head_dim=16, norm_groups=8),
+    "tiny_attn": UNetConfig(channels=(16, 32), attention=(True, True), width=32, head_dim=16, norm_groups=8),
     "mini": UNetConfig(),
+    # ediff-mini with attention at 32² too, so paint-with-words' bias reaches full resolution
+    # (App. A puts attention at ½, ¼ and ⅛ of the 64-px base; at 32 px, ½ is 16² and objects span 1–3 cells)
+    "mini_attn32": UNetConfig(attention=(True, True, True)),
     "mini_sr": UNetConfig(channels=(32, 48, 96), attention=(False, False, True), width=96, head_dim=32),
     "paper": UNetConfig(channels=(256, 512, 1024, 1024), layers_per_block=3, attention=(False, True, True, True), width=1024, head_dim=64, norm_groups=32),
 }

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import random
+import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -63,6 +64,8 @@ class TrainConfig:
 
 PRESETS: dict[str, TrainConfig] = {
     "mini": TrainConfig(),
+    # the base U-Net with attention at 32² as well; warm-starts from a "mini" run's exported weights
+    "mini_attn32": TrainConfig(base_unet="mini_attn32"),
     "tiny": TrainConfig(base_unet="tiny", sr_unet="tiny", batch_size=4, base_steps=3, expert_steps=2, sr_steps=2, warmup=1, save_every=2, data_workers=0),
 }
 
@@ -163,6 +166,27 @@ def _load_state(path: Path, net, ema, opt) -> int:
     return json.loads((path / "state.json").read_text())["step"]
 
 
+def grow_into(net: EDiffUNet, state: dict[str, Tensor]) -> list[str]:
+    """Loads ``state`` into ``net``, which may have attention blocks the source lacks; returns those blocks.
+
+    Each new block's output projection is zeroed, so it adds nothing to its residual stream and the
+    grown network computes exactly the source's function until training moves it (the zero-init
+    residual branches of ADM and ControlNet). Any other mismatch is an error.
+    """
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    blocks = [re.match(r"(.*\.attentions\.\d+)\.", k) for k in missing]
+    new_blocks = sorted({b.group(1) for b in blocks if b})
+    stray = [k for k, b in zip(missing, blocks) if not b]
+    if unexpected or stray:
+        raise ValueError(f"weights do not fit this network: unexpected {unexpected[:5]}, missing outside new attention blocks {stray[:5]}")
+    modules = dict(net.named_modules())
+    for name in new_blocks:
+        proj = modules[name].proj_out
+        torch.nn.init.zeros_(proj.weight)
+        torch.nn.init.zeros_(proj.bias)
+    return new_blocks
+
+
 def _final_weights(out: Path, job_name: str) -> dict[str, Tensor]:
     """A finished job's EMA weights: fp32 from its training state if present, else the fp16 export."""
     state = out / "_train" / job_name / "state.safetensors"
@@ -191,7 +215,7 @@ def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bo
     if job.init is not None:
         net.load_state_dict(_final_weights(out, job.init))
     elif resume and not (state_dir / "state.json").exists() and (export_dir / "config.json").exists():
-        net.load_state_dict(EDiffUNet.from_pretrained(export_dir, low_cpu_mem_usage=False).state_dict())
+        grow_into(net, EDiffUNet.from_pretrained(export_dir, low_cpu_mem_usage=False).state_dict())
         step = json.loads((export_dir / "training.json").read_text()).get("step", 0) if (export_dir / "training.json").exists() else 0
         warm_from = step
         log(f"{job.name}: warm start from exported weights at step {step} (no optimizer state; lr warms up again)")

@@ -124,3 +124,30 @@ def test_lr_override_and_a_warm_start_warms_the_learning_rate_up_again(out, caps
     for bad in ("0", "-1e-4"):
         assert main([*args, f"--lr={bad}"]) == 2
         assert "lr must be a positive learning rate" in capsys.readouterr().err
+
+
+def test_a_warm_start_grows_new_attention_blocks_without_changing_the_function(tiny_pipe, batch, out):
+    """`mini_attn32` warm-starts from a `mini` run: new attention blocks start as exact no-ops, then train."""
+    from ediff_core.networks import EDiffUNet
+    from ediff_core.training import grow_into
+
+    run("tiny", "base", out, overrides={"base_steps": 2})
+    src = EDiffUNet.from_pretrained(out / "base" / "shared", low_cpu_mem_usage=False).float().eval()
+    grown = build_unet("tiny_attn", 32, tiny_pipe.encoders.dims).float().eval()
+    assert grow_into(grown, src.state_dict()) == ["unet.down_blocks.0.attentions.0", "unet.up_blocks.1.attentions.0", "unet.up_blocks.1.attentions.1"]
+    cond = tiny_pipe.encoders.encode(batch["caption"], (batch["image"] + 1) / 2)
+    x, sigma = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.full((8,), 2.0)
+    with torch.no_grad():
+        assert torch.equal(denoiser(grown)(x, sigma, cond), denoiser(src)(x, sigma, cond))
+    # A network that lacks blocks of the source (not only new attention) is refused by what is wrong.
+    with pytest.raises(ValueError, match="weights do not fit this network: unexpected"):
+        grow_into(build_unet("tiny", 32, tiny_pipe.encoders.dims), grown.state_dict())
+    # Through `train --resume` on exported weights: the run logs the warm start and the new blocks learn.
+    for f in ("state.safetensors", "state.json"):
+        (out / "_train" / "base" / "shared" / f).unlink()
+    logs = []
+    run("tiny", "base", out, resume=True, overrides={"base_steps": 4, "base_unet": "tiny_attn", "lr": 1e-2}, log=logs.append)
+    assert any("warm start from exported weights at step 2" in m for m in logs)
+    trained = EDiffUNet.from_pretrained(out / "base" / "shared", low_cpu_mem_usage=False)
+    assert tuple(trained.config.attention) == (True, True)
+    assert trained.unet.down_blocks[0].attentions[0].proj_out.weight.abs().sum() > 0
