@@ -369,7 +369,8 @@ def run(preset: str, stage: str, out: Path, resume: bool = False, overrides: dic
     if stage == "encoders" or (stage == "all" and not (resume and have_encoders)):
         from .encoders import train_mini
 
-        small = {} if preset == "mini" else {"steps": 2, "batch_size": 8, "n_scenes": 64}
+        # every mini preset trains the real mini encoders; only the test preset trains toy ones
+        small = {"steps": 2, "batch_size": 8, "n_scenes": 64} if preset == "tiny" else {}
         train_mini.train_mini_t5(out / "t5", seed=cfg.seed, log=log, **small)
         train_mini.train_mini_clip(out / "clip", seed=cfg.seed, log=log, **small)
     if stage == "encoders":
