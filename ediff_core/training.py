@@ -60,13 +60,14 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     data_workers: int = 1
+    toy_encoders: bool = False  # tests: 2-step encoders on 64 scenes instead of the real mini-T5 and mini-CLIP
 
 
 PRESETS: dict[str, TrainConfig] = {
     "mini": TrainConfig(),
     # the base U-Net with attention at 32² as well; warm-starts from a "mini" run's exported weights
     "mini_attn32": TrainConfig(base_unet="mini_attn32"),
-    "tiny": TrainConfig(base_unet="tiny", sr_unet="tiny", batch_size=4, base_steps=3, expert_steps=2, sr_steps=2, warmup=1, save_every=2, data_workers=0),
+    "tiny": TrainConfig(base_unet="tiny", sr_unet="tiny", batch_size=4, base_steps=3, expert_steps=2, sr_steps=2, warmup=1, save_every=2, data_workers=0, toy_encoders=True),
 }
 
 
@@ -369,8 +370,7 @@ def run(preset: str, stage: str, out: Path, resume: bool = False, overrides: dic
     if stage == "encoders" or (stage == "all" and not (resume and have_encoders)):
         from .encoders import train_mini
 
-        # every mini preset trains the real mini encoders; only the test preset trains toy ones
-        small = {"steps": 2, "batch_size": 8, "n_scenes": 64} if preset == "tiny" else {}
+        small = {"steps": 2, "batch_size": 8, "n_scenes": 64} if cfg.toy_encoders else {}
         train_mini.train_mini_t5(out / "t5", seed=cfg.seed, log=log, **small)
         train_mini.train_mini_clip(out / "clip", seed=cfg.seed, log=log, **small)
     if stage == "encoders":

@@ -3,7 +3,9 @@ into experts (§4.1), with the encoders and super-resolution stage of another fo
 
 Every eval suite then measures the shared model itself, so two base networks (say, a run's shared
 model against the shipped one's) are compared without the expert fine-tunes in between. The parts
-are linked, not copied.
+are linked, not copied. (A training run's folder before its experts stage already indexes its shared
+model this way, `training.write_model_index`; this is for a shared model kept elsewhere, such as
+`checkpoints/ediff-mini-train/base/shared`.)
 
 Usage: .venv/bin/python scripts/shared_only.py MODEL_DIR SHARED_DIR OUT_DIR
   e.g. scripts/shared_only.py checkpoints/ediff-mini checkpoints/ediff-mini-train/base/shared runs/shared7
