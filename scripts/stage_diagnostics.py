@@ -14,8 +14,18 @@
    evaluations with σ ≥ 1 (where the layout forms) and over layers at the finest attention level, is
    read inside the disc of each detected object of that colour, inside the other objects' discs and
    on the background. Ratios near 1 mean the word's attention is spread evenly over the canvas.
+4. ``tokens``: can moving attention between phrases change what a cross-attention layer adds? For
+   the paint suite's prompts (two or three phrases), each phrase's encoder outputs (mean over its
+   tokens) are compared with the other phrases' of the same prompt (cosine), and so is what each
+   base-stage cross-attention layer adds when it attends to that phrase alone: ``to_out(to_v(k))``
+   of the phrase's projected keys, since full attention to one token returns that token's value.
+   A relative difference ‖o_A − o_B‖ / ‖o‖ near 0 means paint-with-words (§4.3), which only
+   re-weights the attention over tokens, has nothing different to move into a region. Then, over
+   the first four layouts generated without painting, how large each expert's cross-attention
+   output is against the transformer block's input (‖attn2 out‖ / ‖h‖, median over layers and
+   evaluations): near 0 would mean the layer's output hardly reaches the residual stream.
 
-Usage: .venv/bin/python scripts/stage_diagnostics.py {sr,paint,attention} [--model DIR] [--n 16] [--encoders both t5] [--outside 1]
+Usage: .venv/bin/python scripts/stage_diagnostics.py {sr,paint,attention,tokens} [--model DIR] [--n 16] [--encoders both t5] [--outside 1]
 """
 
 import argparse
@@ -134,9 +144,73 @@ def attention_selectivity(model: str, n: int, kinds: list[str]) -> None:
         print(line, flush=True)
 
 
+def _phrase_means(pipe: EDiffPipeline, prompt: str, phrases: list[str]) -> dict[str, torch.Tensor]:
+    """Per encoder ("clip", "t5"), each phrase's mean output token (P, D) for ``prompt``."""
+    from ediff_core.paint_with_words import phrase_positions
+
+    outs = {"clip": pipe.encoders.clip_text.encode([prompt]).tokens[0].float(), "t5": pipe.encoders.t5.encode([prompt]).tokens[0].float()}
+    pos = [phrase_positions(pipe, prompt, p) for p in phrases]
+    return {name: torch.stack([outs[name][cols[k]].mean(0) for cols in pos]) for k, name in enumerate(("clip", "t5"))}
+
+
+def _pairwise(x: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Cosines and relative differences ‖a − b‖ / mean(‖a‖, ‖b‖) of every pair of rows of ``x``."""
+    cos, rel = [], []
+    for a in range(len(x)):
+        for b in range(a + 1, len(x)):
+            cos.append(float(torch.nn.functional.cosine_similarity(x[a], x[b], dim=0)))
+            rel.append(float((x[a] - x[b]).norm() / ((x[a].norm() + x[b].norm()) / 2)))
+    return cos, rel
+
+
+@torch.no_grad()
+def token_contrast(model: str, n: int) -> None:
+    from ediff_core.eval.control import placement_layout
+
+    pipe = EDiffPipeline.from_pretrained(model)
+    stats: dict[str, tuple[list[float], list[float]]] = {}
+
+    def add(key: str, x: torch.Tensor) -> None:
+        c, r = _pairwise(x)
+        stats.setdefault(key, ([], []))[0].extend(c)
+        stats[key][1].extend(r)
+
+    for i in range(n):
+        prompt, _, _, phrase_map = placement_layout(i)
+        means = _phrase_means(pipe, prompt, list(phrase_map.values()))
+        for name, x in means.items():
+            add(f"encoder output, {name}", x)
+        for spec, expert in zip(pipe.base.ensemble.specs, pipe.base.ensemble.experts):
+            net = expert.net
+            keys = {"clip": net.projector.proj_clip(means["clip"]), "t5": net.projector.proj_t5(means["t5"])}
+            for layer, mod in net.unet.named_modules():
+                if layer.endswith("attn2"):  # cross-attention: what it adds when it attends to one phrase only
+                    for name, k in keys.items():
+                        add(f"{spec.name} cross-attention output, {name}", mod.to_out[0](mod.to_v(k)))
+    print(f"{n} paint-suite prompts; pairs of phrases of one prompt: median cosine, median ‖a − b‖ / ‖a‖", flush=True)
+    for key, (c, r) in stats.items():
+        print(f"  {key}: cosine {torch.tensor(c).median():.3f}, relative difference {torch.tensor(r).median():.3f} ({len(c)} pairs)", flush=True)
+
+    ratios: dict[str, list[float]] = {}
+    hooks = []
+    for spec, expert in zip(pipe.base.ensemble.specs, pipe.base.ensemble.experts):
+        for layer, block in expert.net.unet.named_modules():
+            if layer.endswith("transformer_blocks.0"):
+                hooks.append(block.register_forward_pre_hook(lambda m, args, kwargs: setattr(m, "_h", args[0] if args else kwargs["hidden_states"]), with_kwargs=True))
+                hooks.append(block.attn2.register_forward_hook(
+                    lambda m, args, out, block=block, name=spec.name: ratios.setdefault(name, []).append(float(out.norm() / block._h.norm()))))
+    pipe.sr = []
+    for i in range(min(n, 4)):
+        pipe(GenerationRequest(placement_layout(i)[0], seed=i))
+    for h in hooks:
+        h.remove()
+    print("cross-attention output / transformer block input, median over layers and evaluations: "
+          + ", ".join(f"{k} {torch.tensor(v).median():.2f}" for k, v in ratios.items()), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["sr", "paint", "attention"])
+    ap.add_argument("what", choices=["sr", "paint", "attention", "tokens"])
     ap.add_argument("--model", default="checkpoints/ediff-mini")
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--kinds", nargs="+", default=["single", "multi", "positions", "heldout"])
@@ -148,6 +222,8 @@ def main() -> None:
         sr_vs_base(args.model, args.n, args.kinds)
     elif args.what == "paint":
         paint(args.model, args.n, args.encoders, args.outside)
+    elif args.what == "tokens":
+        token_contrast(args.model, args.n)
     else:
         attention_selectivity(args.model, args.n, [k for k in args.kinds if k in ("single", "multi")])
 
