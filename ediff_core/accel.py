@@ -195,6 +195,18 @@ def _compile_torch(unet: nn.Module) -> Callable[..., Tensor]:
     return torch.compile(UNetCore(unet), dynamic=False)
 
 
+def export_core(unet: nn.Module, shapes: UNetShapes, max_batch: int, dtype: torch.dtype, device: torch.device | str) -> tuple[torch.export.ExportedProgram, tuple[Tensor, ...], tuple[dict, ...]]:
+    """``torch.export`` of a copy of the U-Net core in ``dtype``, batch 1..max_batch shared by all
+    five inputs: the graph TensorRT's dynamo frontend compiles. Returns (program, example inputs,
+    dynamic shapes), the last two as ``torch_tensorrt.save`` wants them."""
+    core = UNetCore(copy.deepcopy(unet)).to(dtype).eval()
+    example = shapes.example(2, dtype, device)
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    dynamic = tuple({0: batch} for _ in example)  # one shared batch dimension for all five inputs
+    with torch.no_grad():
+        return torch.export.export(core, example, dynamic_shapes=dynamic, strict=False), example, dynamic
+
+
 def _compile_tensorrt(unet: nn.Module, shapes: UNetShapes, cache_dir: Path, max_batch: int) -> tuple[Callable[..., Tensor], str]:
     """An fp16 TensorRT engine for batch 1..max_batch, from the on-disk cache when it has it."""
     import tensorrt
@@ -209,12 +221,8 @@ def _compile_tensorrt(unet: nn.Module, shapes: UNetShapes, cache_dir: Path, max_
         except Exception as e:  # a stale or truncated file: rebuild it
             log.warning("engine cache %s unreadable (%s); rebuilding", path, e)
     # fp16 by casting the module and the inputs (the dynamo path dropped enabled_precisions).
-    core = UNetCore(copy.deepcopy(unet)).half().eval()
-    example = shapes.example(2, torch.half, device)
-    batch = torch.export.Dim("batch", min=1, max=max_batch)
-    dynamic = tuple({0: batch} for _ in example)  # one shared batch dimension for all five inputs
+    program, example, dynamic = export_core(unet, shapes, max_batch, torch.half, device)
     with torch.no_grad():
-        program = torch.export.export(core, example, dynamic_shapes=dynamic, strict=False)
         inputs = [
             torch_tensorrt.Input(min_shape=(1, *s), opt_shape=(2, *s), max_shape=(max_batch, *s), dtype=torch.half)
             for s in shapes.per_input()

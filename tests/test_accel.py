@@ -144,6 +144,30 @@ def test_cache_key_tracks_weights_shapes_and_versions():
     assert accel.cache_key(net.unet, shapes, "10.9", "NVIDIA A100") != key
 
 
+def test_tensorrt_export_takes_every_batch_size_here():
+    """The CPU-checkable half of the TensorRT path: the exported graph its dynamo frontend compiles
+    (one symbolic batch dimension, 1..max_batch) computes the eager U-Net at batch sizes other than
+    the example's, with padded keys and real noise levels; fp16 traces too."""
+    net = _tiny_net()
+    shapes = accel.unet_shapes(net, 16, 77, T5_LEN)
+    program, example, _ = accel.export_core(net.unet, shapes, 8, torch.float32, "cpu")
+    assert example[0].shape[0] == 2
+    exported = program.module()
+    for B in (1, 3, 8):
+        x, _, tokens, glob, _ = shapes.example(B, torch.float32, "cpu")
+        c_noise = torch.linspace(-2, 1, B)
+        mask = (torch.arange(tokens.shape[1]) < 9).expand(B, -1).float()  # keys past 9 padded out
+        args = (x, c_noise, tokens, glob, mask)
+        with torch.no_grad():
+            torch.testing.assert_close(exported(*args), accel.UNetCore(net.unet)(*args), atol=1e-5, rtol=1e-5)
+    with pytest.raises(Exception, match=r"size\(\)\[0\] <= 8"):  # outside the engine's batch range
+        exported(*shapes.example(9, torch.float32, "cpu"))
+    half, _, _ = accel.export_core(net.unet, shapes, 8, torch.half, "cpu")
+    inputs = [n.meta["val"] for n in half.graph.nodes if n.op == "placeholder" and n.name in half.graph_signature.user_inputs]
+    assert len(inputs) == 5 and {t.dtype for t in inputs} == {torch.half}
+    assert len({str(t.shape[0]) for t in inputs}) == 1 and not isinstance(inputs[0].shape[0], int)  # one symbolic batch
+
+
 @pytest.mark.gpu
 def test_tensorrt_engine_matches_eager(tiny_model, tmp_path):
     why = accel.tensorrt_unavailable("cuda")
