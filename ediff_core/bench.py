@@ -298,11 +298,11 @@ def _print_table(r: dict) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """CLI entry: ``python -m ediff_core bench [--quick] [--json] [--compile MODE] [--model PATH]``."""
-    from .cli import _device
+    from .request import pick_device
 
     if not args.json:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-    pipe = EDiffPipeline.from_pretrained(args.model, device=_device(args.device))
+    pipe = EDiffPipeline.from_pretrained(args.model, device=pick_device(args.device))
     result = run(pipe, args.compile, QUICK if args.quick else BenchConfig())
     if args.json:
         print(json.dumps(result, indent=1))

@@ -8,7 +8,7 @@ import math
 import sys
 from pathlib import Path
 
-from .request import RequestError
+from .request import RequestError, pick_device
 
 
 def _add_generation_flags(p: argparse.ArgumentParser) -> None:
@@ -112,7 +112,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     requests = [(_request_from(ns), ns["out"]) for ns in lines]
     for req, _ in requests:
         req.validate()
-    pipe = EDiffPipeline.from_pretrained(args.model, device=_device(args.device))
+    pipe = EDiffPipeline.from_pretrained(args.model, device=pick_device(args.device))
     summaries = []
     for k, (req, out) in enumerate(requests):
         result, attention_paths = None, []
@@ -157,20 +157,10 @@ def _write_attention_maps(result, index: int, image_path: Path) -> list[str]:
     return out
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RequestError("device", "cuda was asked for but torch sees no CUDA device; use auto or cpu")
-    return name
-
-
 def cmd_info(args: argparse.Namespace) -> int:
     from .pipeline import EDiffPipeline
 
-    info = EDiffPipeline.from_pretrained(args.model, device=_device(args.device)).info()
+    info = EDiffPipeline.from_pretrained(args.model, device=pick_device(args.device)).info()
     if args.json:
         print(json.dumps(info, indent=1))
         return 0
@@ -207,10 +197,11 @@ def parse_dropout(items: list[str]) -> dict[str, float]:
 def cmd_train(args: argparse.Namespace) -> int:
     from .training import run
 
-    overrides = {k: v for k, v in {"base_steps": args.base_steps, "expert_steps": args.expert_steps, "sr_steps": args.sr_steps, "threads": args.threads, "batch_size": args.batch_size, "lr": args.lr}.items() if v is not None}
+    overrides = {k: v for k, v in {"base_steps": args.base_steps, "expert_steps": args.expert_steps, "sr_steps": args.sr_steps, "threads": args.threads,
+                                   "batch_size": args.batch_size, "data_workers": args.data_workers, "lr": args.lr}.items() if v is not None}
     if args.dropout:
         overrides["dropout"] = parse_dropout(args.dropout)
-    run(args.preset, args.stage, Path(args.out), resume=args.resume, overrides=overrides)
+    run(args.preset, args.stage, Path(args.out), resume=args.resume, overrides=overrides, device=pick_device(args.device))
     return 0
 
 
@@ -250,8 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--stage", default="all", help="encoders | base | experts | sr | all")
     t.add_argument("--out", required=True)
     t.add_argument("--resume", action="store_true")
-    for name in ("base-steps", "expert-steps", "sr-steps", "threads", "batch-size"):
+    for name in ("base-steps", "expert-steps", "sr-steps", "threads", "batch-size", "data-workers"):
         t.add_argument(f"--{name}", type=int, default=None)
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the base and SR jobs train (auto: CUDA when present)")
     t.add_argument("--lr", type=float, default=None, help="AdamW learning rate (preset mini: 3e-4; the paper: 1e-4), e.g. a lower one to anneal a resumed run")
     t.add_argument("--dropout", action="append", metavar="NAME=RATE",
                    help="per-embedding training dropout (§4.2), repeatable: clip_text, t5 or clip_image = a rate in [0, 1]")

@@ -45,7 +45,7 @@ def alignment_suite(pipe: EDiffPipeline, n: int = 16, seed: int = 0, base: Gener
 
 
 def main(args: argparse.Namespace) -> int:
-    from .cli import _device
+    from .request import pick_device
 
     if args.suite not in SUITES:
         raise ValueError(f"suite must be one of {', '.join(SUITES)}; got {args.suite!r}")
@@ -54,7 +54,7 @@ def main(args: argparse.Namespace) -> int:
     strength = 1.0 if args.style_strength is None else args.style_strength
     pww_weight = 1.0 if args.pww_weight is None else args.pww_weight
     base = GenerationRequest("x", style_strength=strength, pww_weight=pww_weight, **request).validate()  # a RequestError names the bad flag, before the model loads
-    pipe = EDiffPipeline.from_pretrained(args.model, device=_device(args.device))
+    pipe = EDiffPipeline.from_pretrained(args.model, device=pick_device(args.device))
     n = args.n or (2 if args.quick else 16)
     if args.suite == "alignment":
         report = alignment_suite(pipe, n=n, base=base, out=Path(args.out) / "images" if args.out else None)

@@ -26,6 +26,19 @@ class RequestError(ValueError):
         self.field = field
 
 
+def pick_device(name: str) -> str:
+    """``auto`` → cuda when torch sees one, else cpu; ``cuda`` without a GPU is an error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RequestError("device", "cuda was asked for but torch sees no CUDA device; use auto or cpu")
+    if name not in ("cpu", "cuda"):
+        raise RequestError("device", f"must be one of auto, cpu, cuda; got {name!r}")
+    return name
+
+
 @dataclass
 class GenerationRequest:
     """One text-to-image request through the cascade. ``None`` means the model's default."""

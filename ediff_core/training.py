@@ -2,7 +2,9 @@
 
 Every run is a list of *jobs*; a job trains one network on one σ interval from an initial state,
 checkpoints every ``save_every`` steps under ``OUT/_train/JOB/`` (fp32 weights, EMA and AdamW
-state in safetensors) and exports its EMA weights in fp16 to the model folder ``OUT``.
+state in safetensors) and exports its EMA weights in fp16 to the model folder ``OUT``. Jobs run on
+the CPU or on a CUDA device (``device``); what they save is on the CPU, so a run started on one
+resumes on the other.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from .embed import EncoderSet
 from .experts import ExpertSpec, Interval, three_expert_specs
 from .loss import EDMLoss
 from .networks import EDiffUNet, build_unet, denoiser
+from .request import pick_device
 
 CAPTION_MIX = {"short": 0.4, "medium": 0.3, "long": 0.3}
 
@@ -144,13 +147,13 @@ def _lr(cfg: TrainConfig, step: int) -> float:
 
 def _save_state(path: Path, net, ema, opt, step: int) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    tensors = {f"net.{k}": v.contiguous() for k, v in net.state_dict().items()}
-    tensors |= {f"ema.{k}": v.contiguous() for k, v in ema.state_dict().items()}
+    tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    tensors |= {f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
     names = {p: n for n, p in net.named_parameters()}
     for p, st in opt.state.items():
         for k, v in st.items():
             if torch.is_tensor(v):
-                tensors[f"opt.{names[p]}.{k}"] = v.contiguous()
+                tensors[f"opt.{names[p]}.{k}"] = v.detach().cpu().contiguous()
     save_file(tensors, str(path / "state.safetensors.tmp"))
     (path / "state.safetensors.tmp").replace(path / "state.safetensors")
     (path / "state.json").write_text(json.dumps({"step": step}))
@@ -162,8 +165,8 @@ def _load_state(path: Path, net, ema, opt) -> int:
     ema.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("ema.")})
     for n, p in net.named_parameters():
         st = {k.rsplit(".", 1)[1]: v for k, v in t.items() if k.startswith(f"opt.{n}.") and k.count(".") == n.count(".") + 2}
-        if st:
-            opt.state[p] = st
+        if st:  # moments go to the parameter's device; AdamW keeps its step count on the CPU
+            opt.state[p] = {k: v if k == "step" else v.to(p.device) for k, v in st.items()}
     return json.loads((path / "state.json").read_text())["step"]
 
 
@@ -196,14 +199,16 @@ def _final_weights(out: Path, job_name: str) -> dict[str, Tensor]:
     return EDiffUNet.from_pretrained(out / job_name, low_cpu_mem_usage=False).state_dict()
 
 
-def _conditioning(enc: EncoderSet, batch: dict, cfg: TrainConfig, gen: torch.Generator) -> Cond:
+def _conditioning(enc: EncoderSet, batch: dict, cfg: TrainConfig, gen: torch.Generator, device: torch.device | str = "cpu") -> Cond:
     images01 = (batch["image"] + 1) / 2
-    cond = enc.encode(list(batch["caption"]), images01)
+    cond = enc.encode(list(batch["caption"]), images01, device)
     return drop_embeddings(cond, cfg.dropout, gen)
 
 
-def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = print) -> EDiffUNet:
-    """Trains (or resumes) one job; returns its EMA network and exports it to ``out/job.name``."""
+def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = print,
+              device: torch.device | str = "cpu") -> EDiffUNet:
+    """Trains (or resumes) one job on ``device`` (where ``enc`` runs too); returns its EMA network
+    and exports it to ``out/job.name``."""
     from tqdm import tqdm
 
     torch.manual_seed(cfg.seed)
@@ -220,7 +225,7 @@ def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bo
         step = json.loads((export_dir / "training.json").read_text()).get("step", 0) if (export_dir / "training.json").exists() else 0
         warm_from = step
         log(f"{job.name}: warm start from exported weights at step {step} (no optimizer state; lr warms up again)")
-    net = net.float().train()
+    net = net.float().to(device).train()
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if resume and (state_dir / "state.json").exists():
@@ -244,7 +249,8 @@ def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bo
     bar = tqdm(total=job.steps, initial=step, desc=job.name, mininterval=10, smoothing=0.05)
     running = None
     for batch in data:
-        cond = _conditioning(enc, batch, cfg, gen)
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        cond = _conditioning(enc, batch, cfg, gen, device)
         x0 = batch["base"]
         if job.super_resolution:
             x0, cond = _sr_inputs(batch, cond, cfg, gen)
@@ -268,7 +274,7 @@ def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bo
         if step % cfg.save_every == 0 or step >= job.steps:
             f.flush()
             _save_state(state_dir, net, ema, opt, step)
-            export(ema, export_dir, step, cfg)
+            export(ema, export_dir, step, cfg, device)
         if step >= job.steps:
             break
     bar.close()
@@ -282,19 +288,25 @@ def _sr_inputs(batch: dict, cond: Cond, cfg: TrainConfig, gen: torch.Generator) 
     hr = batch["image"]
     lr = torch.nn.functional.interpolate(batch["degraded"], size=hr.shape[-2:], mode="bilinear", align_corners=False)
     B = hr.shape[0]
-    aug = torch.rand(B, generator=gen) * cfg.sr_aug_max
-    aug = torch.where(torch.rand(B, generator=gen) < 0.2, torch.zeros_like(aug), aug)
-    lr = lr + aug.reshape(-1, 1, 1, 1) * torch.randn(lr.shape, generator=gen)
+    aug = torch.rand(B, generator=gen) * cfg.sr_aug_max  # random draws on the CPU generator, then to the data's device
+    aug = torch.where(torch.rand(B, generator=gen) < 0.2, torch.zeros_like(aug), aug).to(hr.device)
+    lr = lr + aug.reshape(-1, 1, 1, 1) * torch.randn(lr.shape, generator=gen).to(hr.device)
     c = cfg.sr_crop
     i, j = (int(v) for v in torch.randint(0, hr.shape[-1] - c + 1, (2,), generator=gen))
     return hr[..., i : i + c, j : j + c], replace(cond, lowres=lr[..., i : i + c, j : j + c], aug_sigma=aug)
 
 
-def export(net: EDiffUNet, folder: Path, step: int, cfg: TrainConfig) -> None:
-    """Saves fp16 safetensors weights and the training record of one network."""
-    half = copy.deepcopy(net).half()
+def export(net: EDiffUNet, folder: Path, step: int, cfg: TrainConfig, device: torch.device | str = "cpu") -> None:
+    """Saves fp16 safetensors weights and the training record (step, hyperparameters, the device
+    it trained on) of one network."""
+    half = copy.deepcopy(net).to("cpu", torch.float16)
     half.save_pretrained(folder, safe_serialization=True)
-    (folder / "training.json").write_text(json.dumps({"step": step, "config": asdict(cfg)}, indent=1))
+    (folder / "training.json").write_text(json.dumps({"step": step, "config": asdict(cfg), "device": _device_name(device)}, indent=1))
+
+
+def _device_name(device: torch.device | str) -> str:
+    device = torch.device(device)
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
 
 
 # ---------------------------------------------------------------- stages
@@ -324,12 +336,12 @@ def sr_jobs(cfg: TrainConfig) -> list[Job]:
 STAGES = ("encoders", "base", "experts", "sr", "all")
 
 
-def load_training_encoders(out: Path) -> EncoderSet:
+def load_training_encoders(out: Path, device: torch.device | str = "cpu") -> EncoderSet:
     from .embed import load_encoder_set
 
     if not (out / "t5").exists() or not (out / "clip").exists():
         raise FileNotFoundError(f"{out} has no trained encoders (t5/, clip/); run the 'encoders' stage first")
-    return load_encoder_set(str(out / "t5"), str(out / "clip"), "cpu")
+    return load_encoder_set(str(out / "t5"), str(out / "clip"), device)
 
 
 def write_model_index(out: Path, cfg: TrainConfig, name: str = "ediff-mini") -> None:
@@ -353,8 +365,13 @@ def write_model_index(out: Path, cfg: TrainConfig, name: str = "ediff-mini") -> 
     write_index(out, index)
 
 
-def run(preset: str, stage: str, out: Path, resume: bool = False, overrides: dict | None = None, log: Callable[[str], None] = print) -> None:
-    """``python -m ediff_core train``: runs a stage (or all) of a preset into the model folder ``out``."""
+def run(preset: str, stage: str, out: Path, resume: bool = False, overrides: dict | None = None, log: Callable[[str], None] = print,
+        device: str = "cpu") -> None:
+    """``python -m ediff_core train``: runs a stage (or all) of a preset into the model folder ``out``.
+
+    ``device``: ``cpu``, ``cuda`` or ``auto`` for the base and super-resolution jobs (the mini
+    encoders' own pretraining stays on the CPU: a few minutes).
+    """
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {preset!r}")
     if stage not in STAGES:
@@ -362,7 +379,10 @@ def run(preset: str, stage: str, out: Path, resume: bool = False, overrides: dic
     cfg = replace(PRESETS[preset], **(overrides or {}))
     if not cfg.lr > 0:
         raise ValueError(f"lr must be a positive learning rate; got {cfg.lr!r}")
+    dev = torch.device(pick_device(device))
     torch.set_num_threads(cfg.threads)
+    if dev.type == "cuda":  # TF32 matmuls and convolutions: fp32 training at tensor-core speed
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     out.mkdir(parents=True, exist_ok=True)
     (out / "_train").mkdir(exist_ok=True)
     (out / "_train" / "preset.json").write_text(json.dumps({"preset": preset, **asdict(cfg)}, indent=1))
@@ -375,7 +395,8 @@ def run(preset: str, stage: str, out: Path, resume: bool = False, overrides: dic
         train_mini.train_mini_clip(out / "clip", seed=cfg.seed, log=log, **small)
     if stage == "encoders":
         return
-    enc = load_training_encoders(out)
+    enc = load_training_encoders(out, dev)
+    log(f"training on {_device_name(dev)}")
     jobs: list[Job] = []
     if stage in ("base", "all"):
         jobs += base_jobs(cfg)
@@ -386,7 +407,7 @@ def run(preset: str, stage: str, out: Path, resume: bool = False, overrides: dic
     if stage in ("experts", "all"):
         jobs.append(baseline_job(cfg))
     for job in jobs:
-        train_job(job, out, enc, cfg, resume=resume, log=log)
+        train_job(job, out, enc, cfg, resume=resume, log=log, device=dev)
         write_model_index(out, cfg)
     if jobs:
         plot_losses(out)

@@ -14,12 +14,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence
 
-import torch
 from PIL import Image
 
 from ediff_core.conditioning import ENCODER_MODES
 from ediff_core.pipeline import EDiffPipeline, GenerationResult, Progress
-from ediff_core.request import GenerationRequest, RequestError
+from ediff_core.request import GenerationRequest, RequestError, pick_device
 
 from .scheduler import Busy, Cancelled, Scheduler, Ticket
 
@@ -42,17 +41,6 @@ class ModelLike(Protocol):
     def info(self) -> dict: ...
 
     def health(self) -> dict: ...
-
-
-def pick_device(name: str) -> str:
-    """``auto`` → cuda when torch sees one, else cpu; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RequestError("device", "cuda was asked for but torch sees no CUDA device; use auto or cpu")
-    if name not in ("cpu", "cuda"):
-        raise RequestError("device", f"must be one of auto, cpu, cuda; got {name!r}")
-    return name
 
 
 def apply_compile(pipe: EDiffPipeline, mode: str) -> tuple[str, int | None]:

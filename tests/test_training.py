@@ -101,6 +101,42 @@ def test_train_cli_dropout_override_reaches_the_job_record(out, capsys):
         assert says in capsys.readouterr().err
 
 
+def test_train_device_flag_is_recorded_and_a_missing_cuda_is_refused_by_name(out, capsys):
+    from ediff_core.cli import main
+
+    assert main(["train", "--preset", "tiny", "--stage", "base", "--out", str(out), "--device", "cpu", "--data-workers", "0"]) == 0
+    record = json.loads((out / "base" / "shared" / "training.json").read_text())
+    assert record["device"] == "cpu" and record["config"]["data_workers"] == 0
+    if not torch.cuda.is_available():
+        assert main(["train", "--preset", "tiny", "--stage", "base", "--out", str(out), "--device", "cuda"]) == 2
+        err = capsys.readouterr().err
+        assert "device" in err and "no CUDA device" in err
+
+
+@pytest.mark.gpu
+def test_training_runs_on_cuda_and_resumes_across_devices(out):
+    """Two steps on the CPU, then the exact resume (weights, EMA, AdamW moments) on CUDA, the
+    experts and SR there too; what is saved stays loadable on the CPU."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from safetensors.torch import load_file
+
+    from ediff_core.pipeline import EDiffPipeline
+    from ediff_core.request import GenerationRequest
+
+    logs = []
+    run("tiny", "base", out, overrides={"base_steps": 2}, log=logs.append, device="cpu")
+    run("tiny", "base", out, resume=True, overrides={"base_steps": 4}, log=logs.append, device="cuda")
+    assert any("resumed at step 2" in m for m in logs) and any(m.startswith("training on cuda (") for m in logs)
+    rows = list(csv.reader(open(out / "_train" / "base" / "shared" / "loss.csv")))
+    assert [int(r[0]) for r in rows[1:]] == [1, 2, 3, 4] and all(math.isfinite(float(r[1])) for r in rows[1:])
+    assert {t.device.type for t in load_file(str(out / "_train" / "base" / "shared" / "state.safetensors")).values()} == {"cpu"}
+    run("tiny", "experts", out, log=logs.append, device="cuda")
+    run("tiny", "sr", out, log=logs.append, device="cuda")
+    assert json.loads((out / "sr64" / "single" / "training.json").read_text())["device"].startswith("cuda (")
+    assert EDiffPipeline.from_pretrained(out, device="cpu")(GenerationRequest("a red circle", steps=3, sr_steps=2)).images[0].size == (64, 64)
+
+
 def test_lr_override_and_a_warm_start_warms_the_learning_rate_up_again(out, capsys):
     """A warm start (exported weights, no optimizer state) gets a fresh AdamW, so its lr ramps again."""
     from ediff_core.cli import main
