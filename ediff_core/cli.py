@@ -201,7 +201,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                    "batch_size": args.batch_size, "data_workers": args.data_workers, "lr": args.lr}.items() if v is not None}
     if args.dropout:
         overrides["dropout"] = parse_dropout(args.dropout)
-    run(args.preset, args.stage, Path(args.out), resume=args.resume, overrides=overrides, device=pick_device(args.device))
+    run(args.preset, args.stage, Path(args.out), resume=args.resume, overrides=overrides, device=pick_device(args.device), minutes=args.minutes)
     return 0
 
 
@@ -244,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("base-steps", "expert-steps", "sr-steps", "threads", "batch-size", "data-workers"):
         t.add_argument(f"--{name}", type=int, default=None)
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the base and SR jobs train (auto: CUDA when present)")
+    t.add_argument("--minutes", type=float, default=None, help="wall-clock budget: the running job saves and exports its step when it is spent; --resume continues")
     t.add_argument("--lr", type=float, default=None, help="AdamW learning rate (preset mini: 3e-4; the paper: 1e-4), e.g. a lower one to anneal a resumed run")
     t.add_argument("--dropout", action="append", metavar="NAME=RATE",
                    help="per-embedding training dropout (§4.2), repeatable: clip_text, t5 or clip_image = a rate in [0, 1]")

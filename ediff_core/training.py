@@ -206,9 +206,10 @@ def _conditioning(enc: EncoderSet, batch: dict, cfg: TrainConfig, gen: torch.Gen
 
 
 def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = print,
-              device: torch.device | str = "cpu") -> EDiffUNet:
+              device: torch.device | str = "cpu", deadline: float = math.inf) -> EDiffUNet:
     """Trains (or resumes) one job on ``device`` (where ``enc`` runs too); returns its EMA network
-    and exports it to ``out/job.name``."""
+    and exports it to ``out/job.name``. Past ``deadline`` (a ``time.time()``) it saves and exports
+    the step it is at and stops early: ``--resume`` continues from there."""
     from tqdm import tqdm
 
     torch.manual_seed(cfg.seed)
@@ -271,11 +272,15 @@ def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bo
         writer.writerow([step, f"{loss.item():.5f}", f"{lr:.2e}", f"{time.time() - t0:.1f}"])
         bar.update(1)
         bar.set_postfix(loss=f"{running:.4f}")
-        if step % cfg.save_every == 0 or step >= job.steps:
+        out_of_time = time.time() >= deadline
+        if step % cfg.save_every == 0 or step >= job.steps or out_of_time:
             f.flush()
             _save_state(state_dir, net, ema, opt, step)
             export(ema, export_dir, step, cfg, device)
         if step >= job.steps:
+            break
+        if out_of_time:
+            log(f"{job.name}: time budget spent at step {step} of {job.steps}; saved (continue with --resume)")
             break
     bar.close()
     f.close()
@@ -366,12 +371,16 @@ def write_model_index(out: Path, cfg: TrainConfig, name: str = "ediff-mini") -> 
 
 
 def run(preset: str, stage: str, out: Path, resume: bool = False, overrides: dict | None = None, log: Callable[[str], None] = print,
-        device: str = "cpu") -> None:
+        device: str = "cpu", minutes: float | None = None) -> None:
     """``python -m ediff_core train``: runs a stage (or all) of a preset into the model folder ``out``.
 
     ``device``: ``cpu``, ``cuda`` or ``auto`` for the base and super-resolution jobs (the mini
-    encoders' own pretraining stays on the CPU: a few minutes).
+    encoders' own pretraining stays on the CPU: a few minutes). ``minutes``: a wall-clock budget
+    for the network jobs together; the job running when it is spent saves and exports its step,
+    and later jobs are left for a ``--resume`` (a session's or a lent GPU's time is bounded).
     """
+    if minutes is not None and not minutes > 0:
+        raise ValueError(f"minutes must be a positive time budget; got {minutes!r}")
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {preset!r}")
     if stage not in STAGES:
@@ -397,6 +406,7 @@ def run(preset: str, stage: str, out: Path, resume: bool = False, overrides: dic
         return
     enc = load_training_encoders(out, dev)
     log(f"training on {_device_name(dev)}")
+    deadline = time.time() + 60 * minutes if minutes is not None else math.inf
     jobs: list[Job] = []
     if stage in ("base", "all"):
         jobs += base_jobs(cfg)
@@ -406,8 +416,11 @@ def run(preset: str, stage: str, out: Path, resume: bool = False, overrides: dic
         jobs += sr_jobs(cfg)
     if stage in ("experts", "all"):
         jobs.append(baseline_job(cfg))
-    for job in jobs:
-        train_job(job, out, enc, cfg, resume=resume, log=log, device=dev)
+    for k, job in enumerate(jobs):
+        if time.time() >= deadline:
+            log(f"time budget spent; not started: {', '.join(j.name for j in jobs[k:])}")
+            break
+        train_job(job, out, enc, cfg, resume=resume, log=log, device=dev, deadline=deadline)
         write_model_index(out, cfg)
     if jobs:
         plot_losses(out)

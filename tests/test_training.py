@@ -113,6 +113,28 @@ def test_train_device_flag_is_recorded_and_a_missing_cuda_is_refused_by_name(out
         assert "device" in err and "no CUDA device" in err
 
 
+def test_a_time_budget_saves_the_step_it_stops_at_and_resume_continues(out, capsys):
+    from ediff_core.cli import main
+
+    def steps() -> list[int]:
+        return [int(r[0]) for r in list(csv.reader(open(out / "_train" / "base" / "shared" / "loss.csv")))[1:]]
+
+    logs = []
+    run("tiny", "base", out, overrides={"base_steps": 10**6}, minutes=0.04, log=logs.append)
+    stopped = steps()[-1]
+    assert 1 <= stopped < 10**6 and steps() == list(range(1, stopped + 1))
+    assert json.loads((out / "base" / "shared" / "training.json").read_text())["step"] == stopped
+    assert json.loads((out / "_train" / "base" / "shared" / "state.json").read_text())["step"] == stopped
+    assert any(f"time budget spent at step {stopped} of 1000000" in m for m in logs)
+    run("tiny", "base", out, resume=True, overrides={"base_steps": stopped + 3}, minutes=5, log=logs.append)
+    assert steps() == list(range(1, stopped + 4)) and any(f"resumed at step {stopped}" in m for m in logs)
+    # The budget covers the jobs together: a long first expert leaves the others for a resume.
+    run("tiny", "experts", out, overrides={"expert_steps": 10**6}, minutes=0.04, log=logs.append)
+    assert any("not started: base/complement_3_5, base/E3_0, base/baseline" in m for m in logs)
+    assert main(["train", "--preset", "tiny", "--stage", "base", "--out", str(out), "--minutes", "0"]) == 2
+    assert "minutes must be a positive time budget" in capsys.readouterr().err
+
+
 @pytest.mark.gpu
 def test_training_runs_on_cuda_and_resumes_across_devices(out):
     """Two steps on the CPU, then the exact resume (weights, EMA, AdamW moments) on CUDA, the
