@@ -201,7 +201,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                    "batch_size": args.batch_size, "data_workers": args.data_workers, "lr": args.lr}.items() if v is not None}
     if args.dropout:
         overrides["dropout"] = parse_dropout(args.dropout)
-    run(args.preset, args.stage, Path(args.out), resume=args.resume, overrides=overrides, device=pick_device(args.device), minutes=args.minutes)
+    run(args.preset, args.stage, Path(args.out), resume=args.resume, overrides=overrides, device=args.device, minutes=args.minutes)
     return 0
 
 
