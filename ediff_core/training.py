@@ -199,9 +199,9 @@ def _final_weights(out: Path, job_name: str) -> dict[str, Tensor]:
     return EDiffUNet.from_pretrained(out / job_name, low_cpu_mem_usage=False).state_dict()
 
 
-def _conditioning(enc: EncoderSet, batch: dict, cfg: TrainConfig, gen: torch.Generator, device: torch.device | str = "cpu") -> Cond:
+def _conditioning(enc: EncoderSet, batch: dict, cfg: TrainConfig, gen: torch.Generator) -> Cond:
     images01 = (batch["image"] + 1) / 2
-    cond = enc.encode(list(batch["caption"]), images01, device)
+    cond = enc.encode(list(batch["caption"]), images01, images01.device)  # on the batch's device
     return drop_embeddings(cond, cfg.dropout, gen)
 
 
@@ -251,7 +251,7 @@ def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bo
     running = None
     for batch in data:
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        cond = _conditioning(enc, batch, cfg, gen, device)
+        cond = _conditioning(enc, batch, cfg, gen)
         x0 = batch["base"]
         if job.super_resolution:
             x0, cond = _sr_inputs(batch, cond, cfg, gen)
@@ -276,7 +276,7 @@ def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bo
         if step % cfg.save_every == 0 or step >= job.steps or out_of_time:
             f.flush()
             _save_state(state_dir, net, ema, opt, step)
-            export(ema, export_dir, step, cfg, device)
+            export(ema, export_dir, step, cfg)
         if step >= job.steps:
             break
         if out_of_time:
@@ -301,9 +301,10 @@ def _sr_inputs(batch: dict, cond: Cond, cfg: TrainConfig, gen: torch.Generator) 
     return hr[..., i : i + c, j : j + c], replace(cond, lowres=lr[..., i : i + c, j : j + c], aug_sigma=aug)
 
 
-def export(net: EDiffUNet, folder: Path, step: int, cfg: TrainConfig, device: torch.device | str = "cpu") -> None:
+def export(net: EDiffUNet, folder: Path, step: int, cfg: TrainConfig) -> None:
     """Saves fp16 safetensors weights and the training record (step, hyperparameters, the device
     it trained on) of one network."""
+    device = next(net.parameters()).device
     half = copy.deepcopy(net).to("cpu", torch.float16)
     half.save_pretrained(folder, safe_serialization=True)
     (folder / "training.json").write_text(json.dumps({"step": step, "config": asdict(cfg), "device": _device_name(device)}, indent=1))
