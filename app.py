@@ -76,6 +76,10 @@ def build_app(args: argparse.Namespace):
     outputs = Outputs(args.outputs)
     demo = create_demo(model, outputs)
     app = gr.mount_gradio_app(app, demo, path="/", auth=auth, max_file_size=args.max_file_size, allowed_paths=[str(outputs.root)], footer_links=["api"])
+    # Gradio applies its own check on incoming FileData paths (only files in its upload folder are
+    # accepted for a request) only once the Blocks "has launched"; mounting never sets that flag, so
+    # without this line any server path (/dev/zero, /etc/passwd) was accepted as an uploaded image.
+    demo.has_launched = True
     app.state.model = model
     return app
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -220,3 +221,50 @@ def test_outputs_are_pruned_but_examples_stay(tmp_path):
         os.utime(p, (0, 0))
     out.prune()
     assert not old.exists() and not old.parent.exists() and example.exists()
+
+
+def _gradio_call(url: str, endpoint: str, data: list, timeout: float = 20) -> tuple[str, str]:
+    """A raw Gradio REST call (POST /gradio_api/call/NAME, then its SSE stream): (last event, its data)."""
+    with httpx.Client(base_url=url, timeout=timeout) as c:
+        r = c.post(f"/gradio_api/call/{endpoint}", json={"data": data})
+        r.raise_for_status()
+        event, payload = "", ""
+        with c.stream("GET", f"/gradio_api/call/{endpoint}/{r.json()['event_id']}") as s:
+            for line in s.iter_lines():
+                if line.startswith("event:"):
+                    event = line.split(":", 1)[1].strip()
+                elif line.startswith("data:"):
+                    payload = line.split(":", 1)[1].strip()
+                    if event in ("complete", "error"):
+                        break
+        return event, payload
+
+
+def _file_data(path: str) -> dict:
+    return {"path": path, "meta": {"_type": "gradio.FileData"}}
+
+
+@pytest.mark.parametrize("path", ["/dev/zero", "/etc/passwd", "app.py", str(Path(__file__).resolve()), "/tmp/../etc/hostname", "/nonexistent/file.png"])
+def test_a_server_path_is_never_accepted_as_an_upload(app, tmp_path, path):
+    """Issue #24.1: a client-named server path (device, FIFO, file outside the upload folder) is
+    refused at once, the server keeps answering, and nothing of the file lands in the cache."""
+    for endpoint, data in (
+        ("style_transfer", [PROMPT, _file_data(path), 1.0, "", 0, 3, 3.0, "euler", "both"]),
+        ("paint_with_words", [PROMPT, _file_data(path), '{"#ff0000": "red"}', 0.4, "", 0, 3, 3.0, "euler"]),
+    ):
+        t0 = time.monotonic()
+        event, payload = _gradio_call(app.url, endpoint, data)
+        assert event == "error", (endpoint, path, event, payload[:200])
+        assert time.monotonic() - t0 < 10, (endpoint, path)  # refused, not read (a /dev/zero read never ends)
+        assert httpx.get(f"{app.url}/health", timeout=5).status_code == 200
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    event, _ = _gradio_call(app.url, "style_transfer", [PROMPT, _file_data(str(fifo)), 1.0, "", 0, 3, 3.0, "euler", "both"])
+    assert event == "error"
+    assert httpx.get(f"{app.url}/health", timeout=5).status_code == 200
+    # The file's bytes were not copied anywhere the server serves from.
+    import tempfile
+
+    secret = Path("/etc/passwd").read_bytes()[:64]
+    for cached in Path(tempfile.gettempdir()).rglob("passwd*"):
+        assert not (cached.is_file() and cached.read_bytes()[:64] == secret), cached
