@@ -9,6 +9,7 @@ resumes on the other.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import io
@@ -36,6 +37,7 @@ from .networks import EDiffUNet, build_unet, denoiser
 from .request import pick_device
 
 CAPTION_MIX = {"short": 0.4, "medium": 0.3, "long": 0.3}
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -64,6 +66,7 @@ class TrainConfig:
     threads: int = 2
     data_workers: int = 1
     toy_encoders: bool = False  # tests: 2-step encoders on 64 scenes instead of the real mini-T5 and mini-CLIP
+    precision: str = "fp32"  # "bf16": forward and backward under bf16 autocast; weights, AdamW and EMA stay fp32
 
 
 PRESETS: dict[str, TrainConfig] = {
@@ -199,6 +202,21 @@ def _final_weights(out: Path, job_name: str) -> dict[str, Tensor]:
     return EDiffUNet.from_pretrained(out / job_name, low_cpu_mem_usage=False).state_dict()
 
 
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+
+
+def precision_context(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """The forward pass's numerics: fp32 as is, or bf16 autocast on the CPU (AMX) or CUDA. The
+    parameters, their gradients, AdamW's moments and the EMA stay fp32 (mixed precision's master
+    weights), so only matmuls and convolutions run in bf16."""
+    check_precision(precision)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
 def _conditioning(enc: EncoderSet, batch: dict, cfg: TrainConfig, gen: torch.Generator) -> Cond:
     images01 = (batch["image"] + 1) / 2
     cond = enc.encode(list(batch["caption"]), images01, images01.device)  # on the batch's device
@@ -258,7 +276,8 @@ def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bo
         lr = _lr(cfg, step - warm_from)
         for g in opt.param_groups:
             g["lr"] = lr
-        loss = loss_fn(D, x0, cond, gen).mean()
+        with precision_context(cfg.precision, device):
+            loss = loss_fn(D, x0, cond, gen).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -389,6 +408,7 @@ def run(preset: str, stage: str, out: Path, resume: bool = False, overrides: dic
     cfg = replace(PRESETS[preset], **(overrides or {}))
     if not cfg.lr > 0:
         raise ValueError(f"lr must be a positive learning rate; got {cfg.lr!r}")
+    check_precision(cfg.precision)
     dev = torch.device(pick_device(device))
     torch.set_num_threads(cfg.threads)
     if dev.type == "cuda":  # TF32 matmuls and convolutions: fp32 training at tensor-core speed
