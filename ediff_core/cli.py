@@ -198,7 +198,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training import run
 
     overrides = {k: v for k, v in {"base_steps": args.base_steps, "expert_steps": args.expert_steps, "sr_steps": args.sr_steps, "threads": args.threads,
-                                   "batch_size": args.batch_size, "data_workers": args.data_workers, "lr": args.lr}.items() if v is not None}
+                                   "batch_size": args.batch_size, "data_workers": args.data_workers, "lr": args.lr, "precision": args.precision,
+                                   "grounding": args.grounding}.items() if v is not None}
     if args.dropout:
         overrides["dropout"] = parse_dropout(args.dropout)
     run(args.preset, args.stage, Path(args.out), resume=args.resume, overrides=overrides, device=args.device, minutes=args.minutes)
@@ -246,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the base and SR jobs train (auto: CUDA when present)")
     t.add_argument("--minutes", type=float, default=None, help="wall-clock budget: the running job saves and exports its step when it is spent; --resume continues")
     t.add_argument("--lr", type=float, default=None, help="AdamW learning rate (preset mini: 3e-4; the paper: 1e-4), e.g. a lower one to anneal a resumed run")
+    t.add_argument("--precision", default=None, choices=["fp32", "bf16"],
+                   help="fp32 (default), or bf16 autocast for forward and backward with fp32 master weights, AdamW state and EMA (CPUs with AMX, CUDA)")
+    t.add_argument("--grounding", type=float, default=None, metavar="W",
+                   help="weight of the token-grounding loss pulling each object word's cross-attention into its mask (0, the default: the paper's training)")
     t.add_argument("--dropout", action="append", metavar="NAME=RATE",
                    help="per-embedding training dropout (§4.2), repeatable: clip_text, t5 or clip_image = a rate in [0, 1]")
     t.set_defaults(func=cmd_train)

@@ -9,6 +9,7 @@ resumes on the other.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import io
@@ -36,6 +37,7 @@ from .networks import EDiffUNet, build_unet, denoiser
 from .request import pick_device
 
 CAPTION_MIX = {"short": 0.4, "medium": 0.3, "long": 0.3}
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -64,6 +66,8 @@ class TrainConfig:
     threads: int = 2
     data_workers: int = 1
     toy_encoders: bool = False  # tests: 2-step encoders on 64 scenes instead of the real mini-T5 and mini-CLIP
+    precision: str = "fp32"  # "bf16": forward and backward under bf16 autocast; weights, AdamW and EMA stay fp32
+    grounding: float = 0.0  # W of the token-grounding loss on the base model's cross-attention (ediff_core.grounding); 0 = the paper's training
 
 
 PRESETS: dict[str, TrainConfig] = {
@@ -84,7 +88,9 @@ class ShapesStream(IterableDataset):
         self.cfg, self.seed = cfg, seed
 
     def __iter__(self) -> Iterator[dict]:
-        from .data.shapes_world import SPLITS, captions, render, sample_scene
+        from .data.captions import grounded_captions
+        from .data.shapes_world import SPLITS, render, sample_scene
+        from .grounding import grounding_fields
 
         info = get_worker_info()
         wid = info.id if info is not None else 0
@@ -95,12 +101,12 @@ class ShapesStream(IterableDataset):
             scene = sample_scene(rng.randrange(lo, hi), "train")
             img = render(scene, self.cfg.sr_resolution)
             small = img.resize((self.cfg.base_resolution,) * 2, Image.LANCZOS)
-            yield {
-                "image": _to_tensor(img),
-                "base": _to_tensor(small),
-                "degraded": _to_tensor(_degrade(small, rng)),
-                "caption": captions(scene)[rng.choices(kinds, weights)[0]],
-            }
+            degraded = _to_tensor(_degrade(small, rng))  # draws from rng before the caption's kind, as ever
+            caption = grounded_captions(scene)[rng.choices(kinds, weights)[0]]
+            sample = {"image": _to_tensor(img), "base": _to_tensor(small), "degraded": degraded, "caption": caption.text}
+            if self.cfg.grounding > 0:  # spans and masks of each named object group
+                sample |= grounding_fields(scene, caption, self.cfg.base_resolution)
+            yield sample
 
 
 def _to_tensor(img: Image.Image) -> Tensor:
@@ -199,6 +205,21 @@ def _final_weights(out: Path, job_name: str) -> dict[str, Tensor]:
     return EDiffUNet.from_pretrained(out / job_name, low_cpu_mem_usage=False).state_dict()
 
 
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+
+
+def precision_context(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """The forward pass's numerics: fp32 as is, or bf16 autocast on the CPU (AMX) or CUDA. The
+    parameters, their gradients, AdamW's moments and the EMA stay fp32 (mixed precision's master
+    weights), so only matmuls and convolutions run in bf16."""
+    check_precision(precision)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
 def _conditioning(enc: EncoderSet, batch: dict, cfg: TrainConfig, gen: torch.Generator) -> Cond:
     images01 = (batch["image"] + 1) / 2
     cond = enc.encode(list(batch["caption"]), images01, images01.device)  # on the batch's device
@@ -236,6 +257,7 @@ def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bo
         log(f"{job.name}: already at step {step} >= {job.steps}")
         return ema
     loss_fn = EDMLoss(interval=job.interval.as_loss_interval())
+    recorder = _grounding_recorder(net, job, cfg)
     D = denoiser(net)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + step)
     csv_path = state_dir / "loss.csv"
@@ -244,7 +266,7 @@ def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bo
     f = open(csv_path, "a", newline="")
     writer = csv.writer(f)
     if new_csv:
-        writer.writerow(["step", "loss", "lr", "seconds"])
+        writer.writerow(["step", "loss", "lr", "seconds"] + (["grounding"] if recorder else []))
     t0 = time.time()
     data = batches(cfg, cfg.seed * 100003 + step)
     bar = tqdm(total=job.steps, initial=step, desc=job.name, mininterval=10, smoothing=0.05)
@@ -258,9 +280,13 @@ def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bo
         lr = _lr(cfg, step - warm_from)
         for g in opt.param_groups:
             g["lr"] = lr
-        loss = loss_fn(D, x0, cond, gen).mean()
+        with precision_context(cfg.precision, device):
+            if recorder is None:
+                loss = loss_fn(D, x0, cond, gen).mean()
+            else:
+                loss, ground = _grounded_loss(loss_fn, D, x0, cond, gen, batch, enc, recorder)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if recorder is None else loss + cfg.grounding * ground).backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
@@ -269,7 +295,7 @@ def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bo
                 pe.lerp_(pn, 1 - decay)
         step += 1
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        writer.writerow([step, f"{loss.item():.5f}", f"{lr:.2e}", f"{time.time() - t0:.1f}"])
+        writer.writerow([step, f"{loss.item():.5f}", f"{lr:.2e}", f"{time.time() - t0:.1f}"] + ([f"{ground.item():.5f}"] if recorder else []))
         bar.update(1)
         bar.set_postfix(loss=f"{running:.4f}")
         out_of_time = time.time() >= deadline
@@ -286,6 +312,26 @@ def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bo
     f.close()
     log(f"{job.name}: step {step}, smoothed loss {running:.4f}, {time.time() - t0:.0f} s")
     return ema
+
+
+def _grounding_recorder(net: EDiffUNet, job: Job, cfg: TrainConfig):
+    """With ``cfg.grounding`` > 0 on a base job: the grounding processors on ``net`` (the EMA copy
+    and every exported network keep the fused ones) and their recorder; else None."""
+    if cfg.grounding <= 0 or job.super_resolution:
+        return None
+    from .grounding_attention import install_grounding
+
+    return install_grounding(net)
+
+
+def _grounded_loss(loss_fn: EDMLoss, D, x0: Tensor, cond: Cond, gen: torch.Generator, batch: dict, enc: EncoderSet, recorder) -> tuple[Tensor, Tensor]:
+    """The EDM loss and, from the same forward pass, the grounding loss (both scalars)."""
+    from .grounding import batch_targets
+
+    targets = batch_targets(enc, list(batch["caption"]), batch["ground_spans"], batch["ground_masks"], cond.keep, cond.t5_tokens.shape[1], cond.clip_tokens.shape[1])
+    with recorder.recording(targets):
+        loss = loss_fn(D, x0, cond, gen).mean()
+    return loss, recorder.loss()
 
 
 def _sr_inputs(batch: dict, cond: Cond, cfg: TrainConfig, gen: torch.Generator) -> tuple[Tensor, Cond]:
@@ -389,6 +435,9 @@ def run(preset: str, stage: str, out: Path, resume: bool = False, overrides: dic
     cfg = replace(PRESETS[preset], **(overrides or {}))
     if not cfg.lr > 0:
         raise ValueError(f"lr must be a positive learning rate; got {cfg.lr!r}")
+    check_precision(cfg.precision)
+    if not cfg.grounding >= 0:
+        raise ValueError(f"grounding must be a loss weight >= 0 (0 = the paper's training); got {cfg.grounding!r}")
     dev = torch.device(pick_device(device))
     torch.set_num_threads(cfg.threads)
     if dev.type == "cuda":  # TF32 matmuls and convolutions: fp32 training at tensor-core speed

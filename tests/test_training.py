@@ -11,7 +11,7 @@ from ediff_core.conditioning import drop_embeddings
 from ediff_core.experts import Interval, node
 from ediff_core.loss import EDMLoss
 from ediff_core.networks import build_unet, denoiser
-from ediff_core.training import PRESETS, ShapesStream, _sr_inputs, run, write_model_index
+from ediff_core.training import PRESETS, ShapesStream, _sr_inputs, precision_context, run, write_model_index
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,42 @@ def test_training_steps_lower_the_loss(tiny_pipe, batch, stage):
         opt.step()
     after = _fixed_loss(D, x0, cond, loss_fn).item()
     assert after < 0.8 * before, (before, after)
+
+
+def test_bf16_training_steps_lower_the_loss_with_fp32_master_weights(tiny_pipe, batch):
+    torch.manual_seed(0)
+    enc = tiny_pipe.encoders
+    cond = enc.encode(batch["caption"], (batch["image"] + 1) / 2)
+    net = build_unet("tiny", 32, enc.dims)
+    loss_fn, D = EDMLoss(), denoiser(net)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
+    before = _fixed_loss(D, batch["base"], cond, loss_fn).item()
+    for i in range(25):
+        with precision_context("bf16", "cpu"):
+            loss = loss_fn(D, batch["base"], drop_embeddings(cond, generator=torch.Generator().manual_seed(i)), torch.Generator().manual_seed(i)).mean()
+        assert loss.dtype == torch.float32  # λ(σ)·mean, computed outside the autocast matmuls
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in net.parameters())
+    after = _fixed_loss(D, batch["base"], cond, loss_fn).item()
+    assert after < 0.8 * before, (before, after)
+    with precision_context("bf16", "cpu"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
+        precision_context("fp16", "cpu")
+
+
+def test_train_cli_precision_is_recorded(out, capsys):
+    from ediff_core.cli import main
+
+    assert main(["train", "--preset", "tiny", "--stage", "base", "--out", str(out), "--precision", "bf16"]) == 0
+    assert json.loads((out / "base" / "shared" / "training.json").read_text())["config"]["precision"] == "bf16"
+    with pytest.raises(SystemExit):
+        main(["train", "--preset", "tiny", "--stage", "base", "--out", str(out), "--precision", "fp16"])
+    assert "invalid choice: 'fp16'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16; got 'int8'"):
+        run("tiny", "base", out, overrides={"precision": "int8"})
 
 
 def test_run_all_stages_exports_a_loadable_model_and_resumes(out):

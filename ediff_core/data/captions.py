@@ -5,11 +5,17 @@ short  (≤ 12 words): counts, colours, shapes            "a red circle and two 
 medium            : + the 3×3 cell of each object      "a red circle at the top left and ..."
 long   (25–60 words): style, sizes, cells, relations    "It is drawn on old paper. There is ..."
 The style is named in about a third of short and medium captions and in every long one.
+
+``grounded_captions`` gives the same captions with, per object group, the character spans of the
+words that name it (colour, shape and size words; "two blue stars" names both stars), for the
+token-grounding loss (ediff_core.grounding).
 """
 
 from __future__ import annotations
 
 import random
+import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, Sequence
 
 if TYPE_CHECKING:
@@ -74,6 +80,52 @@ FILLERS = (
 )
 
 
+@dataclass(frozen=True)
+class WordSpan:
+    """Characters [start, end) of one word of a caption naming the objects ``objects`` (indices
+    into ``Scene.objects``): a colour, shape or size word."""
+
+    objects: tuple[int, ...]
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class GroundedCaption:
+    text: str
+    spans: tuple[WordSpan, ...]
+
+    def groups(self) -> dict[tuple[int, ...], list[tuple[int, int]]]:
+        """Each named object group -> the character spans of its words, in caption order."""
+        out: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+        for s in self.spans:
+            out.setdefault(s.objects, []).append((s.start, s.end))
+        return out
+
+
+# Generators mark each object word as \x01<indices>\x02<word>\x03; ``_untag`` strips the marks
+# and records the spans. Marks hold no whitespace, so word counts (and every random draw) are unchanged.
+_TAGGED = re.compile("\x01([0-9,]+)\x02([^\x03]*)\x03")
+
+
+def _tag(word: str, objects: Sequence[int]) -> str:
+    return f"\x01{','.join(map(str, objects))}\x02{word}\x03"
+
+
+def _untag(tagged: str) -> GroundedCaption:
+    parts, spans, pos, n = [], [], 0, 0
+    for m in _TAGGED.finditer(tagged):
+        parts.append(tagged[pos : m.start()])
+        n += m.start() - pos
+        word = m.group(2)
+        spans.append(WordSpan(tuple(int(i) for i in m.group(1).split(",")), n, n + len(word)))
+        parts.append(word)
+        n += len(word)
+        pos = m.end()
+    parts.append(tagged[pos:])
+    return GroundedCaption("".join(parts), tuple(spans))
+
+
 class HasCentre(Protocol):
     cx: float
     cy: float
@@ -103,6 +155,11 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
+def _indices(scene: Scene) -> dict[int, tuple[int, ...]]:
+    """id(object) -> (its index in scene.objects,), the tag of its words."""
+    return {id(o): (i,) for i, o in enumerate(scene.objects)}
+
+
 def _join(items: Sequence[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
@@ -111,27 +168,29 @@ def _words(text: str) -> int:
     return len(text.split())
 
 
-def _object_phrase(rng: random.Random, o: ShapeObject, size: bool, cell: bool, shortest: bool = False) -> str:
+def _object_phrase(rng: random.Random, o: ShapeObject, size: bool, cell: bool, shortest: bool = False, tag: tuple[int, ...] = ()) -> str:
     words = [o.color, o.shape]
     if size:
         words.insert(0, SIZE_WORDS[o.size][0] if shortest else rng.choice(SIZE_WORDS[o.size]))
-    phrase = _article(words[0]) + " " + " ".join(words)
+    phrase = _article(words[0]) + " " + " ".join(_tag(w, tag) for w in words)
     if cell:
         options = CELL_PHRASES[o.cell]
         phrase += " " + (min(options, key=_words) if shortest else rng.choice(options))
     return phrase
 
 
-def short_caption(scene: Scene, rng: random.Random) -> str:
-    groups: dict[tuple[str, str], int] = {}
+def _short(scene: Scene, rng: random.Random) -> str:
+    index = _indices(scene)
+    groups: dict[tuple[str, str], tuple[int, ...]] = {}
     for o in rng.sample(scene.objects, len(scene.objects)):
-        groups[(o.color, o.shape)] = groups.get((o.color, o.shape), 0) + 1
+        groups[(o.color, o.shape)] = groups.get((o.color, o.shape), ()) + index[id(o)]
     items = []
-    for (color, shape), k in groups.items():
+    for (color, shape), tag in groups.items():
+        k = len(tag)
         if k > 1:
-            items.append(f"{NUMBER_WORDS[k]} {color} {shape}s")
+            items.append(f"{NUMBER_WORDS[k]} {_tag(color, tag)} {_tag(shape + 's', tag)}")
         else:
-            items.append(f"{'one' if rng.random() < 0.15 else _article(color)} {color} {shape}")
+            items.append(f"{'one' if rng.random() < 0.15 else _article(color)} {_tag(color, tag)} {_tag(shape, tag)}")
     bare = _join([i.split(" ", 1)[1] if i.split(" ", 1)[0] in ("a", "an", "one") else i for i in items])
     full, prefix = _join(items), rng.choice(PREFIXES)
     styled = rng.random() < STYLE_PROBABILITY
@@ -144,24 +203,24 @@ def short_caption(scene: Scene, rng: random.Random) -> str:
     raise AssertionError("unreachable: four bare objects take at most 9 words")
 
 
-def medium_caption(scene: Scene, rng: random.Random) -> str:
-    sizes = rng.random() < 0.3
-    items = [_object_phrase(rng, o, sizes, True) for o in rng.sample(scene.objects, len(scene.objects))]
+def _medium(scene: Scene, rng: random.Random) -> str:
+    sizes, index = rng.random() < 0.3, _indices(scene)
+    items = [_object_phrase(rng, o, sizes, True, tag=index[id(o)]) for o in rng.sample(scene.objects, len(scene.objects))]
     prefix = rng.choice(PREFIXES)
     style = " " + rng.choice(STYLE_PHRASES[scene.style]) if rng.random() < STYLE_PROBABILITY else ""
     return prefix + _join(items) + style
 
 
-def _reference(o: ShapeObject) -> str:
-    return f"the {o.color} {o.shape}"
+def _reference(o: ShapeObject, tag: tuple[int, ...]) -> str:
+    return f"the {_tag(o.color, tag)} {_tag(o.shape, tag)}"
 
 
-def long_caption(scene: Scene, rng: random.Random) -> str:
-    objs = rng.sample(scene.objects, len(scene.objects))
+def _long(scene: Scene, rng: random.Random) -> str:
+    objs, index = rng.sample(scene.objects, len(scene.objects)), _indices(scene)
     style = rng.choice(STYLE_SENTENCES[scene.style])
 
     def objects_text(shortest: bool) -> list[str]:
-        phrases = [_object_phrase(rng, o, True, True, shortest) for o in objs]
+        phrases = [_object_phrase(rng, o, True, True, shortest, index[id(o)]) for o in objs]
         kind = 0 if shortest else rng.randrange(3)
         if kind == 0:
             return [f"It shows {_join(phrases)}."]
@@ -188,7 +247,7 @@ def long_caption(scene: Scene, rng: random.Random) -> str:
             continue
         if (a.color, a.shape) not in unique or (b.color, b.shape) not in unique:
             continue
-        text = f"{_reference(a)} {rng.choice(RELATION_PHRASES[rel])} {_reference(b)}."
+        text = f"{_reference(a, index[id(a)])} {rng.choice(RELATION_PHRASES[rel])} {_reference(b, index[id(b)])}."
         text = text[0].upper() + text[1:]
         if fits(text):
             sentences.append(text)
@@ -204,7 +263,13 @@ def long_caption(scene: Scene, rng: random.Random) -> str:
     return " ".join(sentences)
 
 
+def grounded_captions(scene: Scene, seed: int | None = None) -> dict[str, GroundedCaption]:
+    """``captions`` with the spans of each object group's words."""
+    rng = random.Random(f"captions:{scene.seed if seed is None else seed}")
+    tagged = {"short": _short(scene, rng), "medium": _medium(scene, rng), "long": _long(scene, rng)}
+    return {k: _untag(v) for k, v in tagged.items()}
+
+
 def captions(scene: Scene, seed: int | None = None) -> dict[str, str]:
     """{"short", "medium", "long"} captions of `scene`; phrasing is drawn from `seed` (default: scene.seed)."""
-    rng = random.Random(f"captions:{scene.seed if seed is None else seed}")
-    return {"short": short_caption(scene, rng), "medium": medium_caption(scene, rng), "long": long_caption(scene, rng)}
+    return {k: c.text for k, c in grounded_captions(scene, seed).items()}

@@ -287,7 +287,7 @@ def _background(style: str, seed: int) -> np.ndarray:
     return img.copy()
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill: tuple[int, int, int]) -> None:
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill: tuple[int, int, int] | int) -> None:
     """Draw at RENDER_SIZE; arguments in fractions of W. PIL puts pixel centres at integers."""
     n = RENDER_SIZE
     if shape == "circle":
@@ -312,6 +312,17 @@ def render_canvas(scene: Scene) -> Image.Image:
     for o in scene.objects:
         _draw_shape(draw, o.shape, o.cx, o.cy, o.r, COLORS[o.color])
     return img
+
+
+def object_masks(scene: Scene, size: int = IMAGE_SIZE) -> np.ndarray:
+    """(n_objects, size, size) float32: the fraction of each pixel each object covers, drawn as
+    ``render_canvas`` draws it (comic shadows are not the object) and box-filtered down from 256."""
+    masks = []
+    for o in scene.objects:
+        canvas = Image.new("L", (RENDER_SIZE, RENDER_SIZE), 0)
+        _draw_shape(ImageDraw.Draw(canvas), o.shape, o.cx, o.cy, o.r, 255)
+        masks.append(np.asarray(canvas.resize((size, size), Image.BOX), np.float32) / 255)
+    return np.stack(masks) if masks else np.zeros((0, size, size), np.float32)
 
 
 def render(scene: Scene, size: int = IMAGE_SIZE) -> Image.Image:

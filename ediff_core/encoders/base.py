@@ -108,6 +108,11 @@ def overlapping_positions(spans: Sequence[tuple[int, int] | None], span: tuple[i
     return [i for i, s in enumerate(spans) if s is not None and s[1] > s[0] and s[0] < end and s[1] > start]
 
 
+def positions_in_spans(token_spans: Sequence[tuple[int, int] | None], spans: Sequence[tuple[int, int]]) -> list[int]:
+    """Sorted indices of the tokens overlapping any of the character ``spans``."""
+    return sorted({i for span in spans for i in overlapping_positions(token_spans, span)})
+
+
 def phrase_not_found(phrase: str, prompt: str) -> ValueError:
     """The one error for a phrase that is not in its prompt (used by every encoder)."""
     return ValueError(f"phrase '{phrase}' is not in the prompt '{prompt}'")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ from ediff_core.encoders.base import (
     overlapping_positions,
     phrase_char_span,
     phrase_not_found,
+    positions_in_spans,
 )
 
 CONFIG_FILE = "open_clip_config.json"
@@ -146,6 +148,18 @@ class CLIPTextEncoder:
             raise ValueError(f"phrase '{phrase}' lies beyond the first {self.max_length} tokens "
                              f"of the prompt '{prompt}'")
         return positions
+
+    def span_token_positions(self, prompt: str, spans: Sequence[tuple[int, int]]) -> list[int]:
+        """Positions (SOT = 0) of the BPE tokens overlapping any character span [start, end) of
+        ``prompt`` (the token-grounding loss's words); EOT and tokens past truncation are not among them.
+
+        The spans index ``prompt`` itself, so it must be one the cleaning only lowercases (single
+        spaces, no HTML entities or mojibake), as generated captions are.
+        """
+        cleaned, _, token_spans = self._pieces(prompt)
+        if cleaned != prompt.lower():
+            raise ValueError(f"character spans need a prompt that CLIP's cleaning leaves in place (single spaces, plain text); got {prompt!r}")
+        return [k + 1 for k in positions_in_spans(token_spans, spans) if k + 1 < self.max_length - 1]
 
     def truncated(self, prompt: str) -> bool:
         """True when SOT + tokens + EOT exceed the context length (77)."""

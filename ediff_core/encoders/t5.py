@@ -9,7 +9,7 @@ id goes through :func:`ediff_core.encoders.loading.load_text_encoder`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 
@@ -18,6 +18,7 @@ from ediff_core.encoders.base import (
     overlapping_positions,
     phrase_char_span,
     phrase_not_found,
+    positions_in_spans,
 )
 
 # Used when neither the caller nor the tokenizer names a usable length (Google's T5 tokenizers
@@ -107,19 +108,24 @@ class T5TextEncoder:
         span = phrase_char_span(prompt, phrase)
         if span is None:
             raise phrase_not_found(phrase, prompt)
-        batch = self._tokenize([prompt], offsets=True)
-        real = batch["attention_mask"][0].tolist()
-        ids = batch["input_ids"][0].tolist()
-        special = set(self.tokenizer.all_special_ids)
-        spans = [
-            (int(s), int(e)) if r and i not in special else None
-            for (s, e), r, i in zip(batch["offset_mapping"][0].tolist(), real, ids)
-        ]
-        positions = overlapping_positions(spans, span)
+        positions = overlapping_positions(self._token_char_spans(prompt), span)
         if not positions:
             raise ValueError(f"phrase '{phrase}' lies beyond the first {self.max_length} tokens "
                              f"of the prompt '{prompt}'")
         return positions
+
+    def span_token_positions(self, prompt: str, spans: Sequence[tuple[int, int]]) -> list[int]:
+        """Positions of the tokens overlapping any character span [start, end) of ``prompt``
+        (the token-grounding loss's words); tokens past truncation are not among them."""
+        return positions_in_spans(self._token_char_spans(prompt), spans)
+
+    def _token_char_spans(self, prompt: str) -> list[tuple[int, int] | None]:
+        """Each of the L positions' character span in ``prompt`` (fast tokenizer offsets); None for EOS and padding."""
+        batch = self._tokenize([prompt], offsets=True)
+        real = batch["attention_mask"][0].tolist()
+        ids = batch["input_ids"][0].tolist()
+        special = set(self.tokenizer.all_special_ids)
+        return [(int(s), int(e)) if r and i not in special else None for (s, e), r, i in zip(batch["offset_mapping"][0].tolist(), real, ids)]
 
     def truncated(self, prompt: str) -> bool:
         """True when the prompt (with EOS) needs more than `max_length` tokens."""
