@@ -8,9 +8,12 @@ With ``--server-url`` no model is loaded here: the UI talks to that server over 
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
+import shutil
 import sys
+import tempfile
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -46,8 +49,23 @@ def _pair(v: str | None) -> tuple[str, str] | None:
     return None if v is None else tuple(v.split(":", 1))  # type: ignore[return-value]
 
 
+def private_gradio_temp_dir() -> str:
+    """This instance's own Gradio upload/cache folder (issue #24.4), removed at exit.
+
+    Gradio's default, <tmp>/gradio, is shared by every instance on the machine, so one instance
+    could serve a file another one received. $GRADIO_TEMP_DIR, if set, is kept as the user's choice.
+    """
+    if os.environ.get("GRADIO_TEMP_DIR"):
+        return os.environ["GRADIO_TEMP_DIR"]
+    folder = tempfile.mkdtemp(prefix="ediff-gradio-")
+    os.environ["GRADIO_TEMP_DIR"] = folder
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
 def build_app(args: argparse.Namespace):
     """The FastAPI app with the REST API (unless --server-url) and the Gradio UI mounted at /."""
+    private_gradio_temp_dir()  # before Gradio reads it
     import gradio as gr
     from fastapi import FastAPI
 
@@ -74,6 +92,7 @@ def build_app(args: argparse.Namespace):
         log.info("loaded %s on %s (%s)", model.name, model.pipe.device, model.backend)
         app = create_api(model, auth=auth)
     outputs = Outputs(args.outputs)
+    atexit.register(outputs.cleanup)
     demo = create_demo(model, outputs)
     app = gr.mount_gradio_app(app, demo, path="/", auth=auth, max_file_size=args.max_file_size, allowed_paths=[str(outputs.root)], footer_links=["api"])
     # Gradio applies its own check on incoming FileData paths (only files in its upload folder are

@@ -9,6 +9,7 @@ finally the outputs. Bad input becomes ``gr.Error`` naming the field; a full ser
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 import uuid
@@ -24,14 +25,24 @@ from ediff_core.request import GenerationRequest, RequestError
 from server.scheduler import Busy, Cancelled
 
 KEEP_OUTPUTS_S = 3600  # generated PNGs are deleted after an hour
+KEEP_OUTPUTS_BYTES = 512 * 2**20  # and the oldest go first once the folder holds more than this
 
 
 class Outputs:
     """A folder this process owns for the PNGs it serves; names are generated, never client paths."""
 
-    def __init__(self, root: str | Path | None = None):
+    def __init__(self, root: str | Path | None = None, max_age_s: float = KEEP_OUTPUTS_S, max_bytes: int = KEEP_OUTPUTS_BYTES):
+        self.owned = root is None  # a folder we made is ours to delete at exit; a user's is not
         self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="ediff-demo-"))
         self.root.mkdir(parents=True, exist_ok=True)
+        self.max_age_s, self.max_bytes = max_age_s, max_bytes
+
+    def cleanup(self) -> None:
+        """At exit: removes the folder if this process created it, else only the generated files."""
+        if self.owned:
+            shutil.rmtree(self.root, ignore_errors=True)
+        else:
+            self.prune(max_age_s=0)
 
     def save(self, result: GenerationResult, tag: str = "ediff") -> list[str]:
         """Saves each image as PNG with its metadata embedded; returns the paths."""
@@ -54,19 +65,39 @@ class Outputs:
         img.save(folder / name)
         return str(folder / name)
 
-    def prune(self, max_age_s: float = KEEP_OUTPUTS_S) -> None:
-        """Deletes generated files older than ``max_age_s`` (examples stay)."""
+    def prune(self, max_age_s: float | None = None) -> None:
+        """Deletes generated files older than ``max_age_s``, then the oldest while the folder
+        holds more than ``max_bytes`` (examples stay)."""
+        max_age_s = self.max_age_s if max_age_s is None else max_age_s
         now = time.time()
+        kept: list[tuple[float, int, Path]] = []
         for f in self.root.glob("*/*"):
             if f.parent.name == "examples":
                 continue
             try:
-                if now - f.stat().st_mtime > max_age_s:
-                    f.unlink()
-                    if not any(f.parent.iterdir()):
-                        f.parent.rmdir()
+                st = f.stat()
+                if now - st.st_mtime >= max_age_s:
+                    _remove(f)
+                else:
+                    kept.append((st.st_mtime, st.st_size, f))
             except OSError:
                 pass
+        total = sum(size for _, size, _ in kept)
+        for _, size, f in sorted(kept, key=lambda k: k[0]):
+            if total <= self.max_bytes:
+                break
+            _remove(f)
+            total -= size
+
+
+def _remove(f: Path) -> None:
+    """Deletes a generated file and its folder once empty."""
+    try:
+        f.unlink()
+        if not any(f.parent.iterdir()):
+            f.parent.rmdir()
+    except OSError:
+        pass
 
 
 @contextmanager

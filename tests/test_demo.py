@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -210,8 +211,6 @@ def test_the_gradio_client_snippet_in_the_docs_works(app, tmp_path, monkeypatch)
 
 
 def test_outputs_are_pruned_but_examples_stay(tmp_path):
-    import os
-
     from demo.runner import Outputs
 
     out = Outputs(tmp_path)
@@ -221,6 +220,52 @@ def test_outputs_are_pruned_but_examples_stay(tmp_path):
         os.utime(p, (0, 0))
     out.prune()
     assert not old.exists() and not old.parent.exists() and example.exists()
+
+
+def test_outputs_keep_under_their_size_cap_oldest_first(tmp_path):
+    from demo.runner import Outputs
+
+    out = Outputs(tmp_path, max_bytes=0)
+    saved = [Path(out.save_image(Image.new("RGB", (64, 64), (i, 0, 0)), f"{i}.png")) for i in range(4)]
+    for i, p in enumerate(saved):
+        os.utime(p, (1e9 + i, 1e9 + i))  # recent enough to survive the age rule, oldest first
+    out.max_bytes = sum(p.stat().st_size for p in saved[2:])
+    out.prune(max_age_s=1e12)
+    assert [p.exists() for p in saved] == [False, False, True, True]
+
+
+def test_outputs_cleanup_removes_only_what_this_process_made(tmp_path):
+    from demo.runner import Outputs
+
+    own = Outputs()
+    Path(own.save_image(Image.new("RGB", (8, 8)), "a.png"))
+    own.cleanup()
+    assert not own.root.exists()
+    keep = tmp_path / "mine.txt"
+    keep.write_text("a user's file")
+    users = Outputs(tmp_path)
+    made = Path(users.save_image(Image.new("RGB", (8, 8)), "b.png"))
+    users.cleanup()
+    assert not made.exists() and keep.read_text() == "a user's file"
+
+
+def test_each_app_has_its_own_gradio_upload_folder_removed_at_exit(app, tmp_path):
+    """Issue #24.4: uploads land in this instance's private folder, not the machine-wide
+    <tmp>/gradio, and that folder goes when the process exits."""
+    src = tmp_path / "up.png"
+    Image.new("RGB", (8, 8)).save(src)
+    with open(src, "rb") as fh:
+        r = httpx.post(f"{app.url}/gradio_api/upload", files={"files": ("up.png", fh, "image/png")}, timeout=20)
+    r.raise_for_status()
+    uploaded = Path(r.json()[0])
+    assert uploaded.parent.parent.name.startswith("ediff-gradio-"), uploaded
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"}
+    code = "import app, pathlib; d = app.private_gradio_temp_dir(); pathlib.Path(d, 'x').write_text('x'); print(d)"
+    folder = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(folder).name.startswith("ediff-gradio-") and not Path(folder).exists()
 
 
 def _gradio_call(url: str, endpoint: str, data: list, timeout: float = 20) -> tuple[str, str]:
@@ -248,6 +293,7 @@ def _file_data(path: str) -> dict:
 def test_a_server_path_is_never_accepted_as_an_upload(app, tmp_path, path):
     """Issue #24.1: a client-named server path (device, FIFO, file outside the upload folder) is
     refused at once, the server keeps answering, and nothing of the file lands in the cache."""
+    started = time.time()
     for endpoint, data in (
         ("style_transfer", [PROMPT, _file_data(path), 1.0, "", 0, 3, 3.0, "euler", "both"]),
         ("paint_with_words", [PROMPT, _file_data(path), '{"#ff0000": "red"}', 0.4, "", 0, 3, 3.0, "euler"]),
@@ -262,9 +308,12 @@ def test_a_server_path_is_never_accepted_as_an_upload(app, tmp_path, path):
     event, _ = _gradio_call(app.url, "style_transfer", [PROMPT, _file_data(str(fifo)), 1.0, "", 0, 3, 3.0, "euler", "both"])
     assert event == "error"
     assert httpx.get(f"{app.url}/health", timeout=5).status_code == 200
-    # The file's bytes were not copied anywhere the server serves from.
-    import tempfile
-
-    secret = Path("/etc/passwd").read_bytes()[:64]
-    for cached in Path(tempfile.gettempdir()).rglob("passwd*"):
-        assert not (cached.is_file() and cached.read_bytes()[:64] == secret), cached
+    # No copy of a named file was made anywhere under the temp folder during this test (a copy
+    # keeps the source's mtime, so the creation-side ctime is what dates it).
+    secrets = {Path(p).resolve().read_bytes()[:64] for p in ("/etc/passwd", "/etc/hostname", __file__, "app.py") if Path(p).is_file()}
+    for cached in Path(tempfile.gettempdir()).rglob("*"):
+        try:
+            if cached.is_file() and not cached.is_symlink() and cached.stat().st_ctime >= started - 1 and cached.stat().st_size > 0:
+                assert cached.read_bytes()[:64] not in secrets, cached
+        except OSError:
+            continue
