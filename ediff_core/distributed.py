@@ -162,12 +162,9 @@ class Ranks:
         except (_Stopped, RuntimeError) as e:  # gloo/NCCL errors are RuntimeErrors (DistError and its kind)
             if isinstance(e, RankFailure):
                 raise
-            self._critical.append(True)  # the save below is not interrupted
-            try:
-                saved = on_failure()
-            finally:
-                self._critical.pop()
+            # From here the process only saves, reports and exits: torchrun's stop signal must not cut that short.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            saved = on_failure()
             cause = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
             raise RankFailure(f"rank {self.rank} of {self.world}: the data-parallel job failed ({cause}); {saved}") from e
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous)

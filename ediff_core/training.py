@@ -236,7 +236,7 @@ def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bo
     if ranks.is_main:
         state_dir.mkdir(parents=True, exist_ok=True)
         new_csv = not csv_path.exists()
-        f = open(csv_path, "a", newline="")
+        f = open(csv_path, "a", newline="", buffering=1)  # line-buffered: a crash loses no logged step
         writer = csv.writer(f)
         if new_csv:
             writer.writerow(["step", "loss", "lr", "seconds"])
@@ -430,6 +430,14 @@ def run(preset: str, stage: str, out: Path, resume: bool = False, overrides: dic
         raise ValueError("embeddings: a cache is made from a dataset on disk (--data DIR or shards); Shapes World is encoded on the fly")
     dev = torch.device(pick_device(device))
     enc = _frozen_encoders(t5, clip, dev, cache, cfg) if t5 else None
+    have_encoders = (out / "t5" / "config.json").exists() and (out / "clip" / "open_clip_config.json").exists()
+    if cache is not None and enc is None:
+        if not have_encoders or stage in ("encoders", "all") and not resume:
+            raise ValueError("embeddings: a cache fits the encoders it was made with; this run would train new ones. "
+                             "Give --t5 and --clip, or train the 'encoders' stage first and embed with them")
+        from .embed import encoder_fingerprint
+
+        cache.check(encoder_fingerprint(out / "t5", out / "clip"), {"t5": str(out / "t5"), "clip": str(out / "clip")}, cfg.base_resolution, cfg.sr_resolution)
     ranks = Ranks.from_env(dev.type, ddp_timeout)
     ranks.per_rank(cfg.batch_size)
     dev = ranks.device(dev)
@@ -442,7 +450,6 @@ def run(preset: str, stage: str, out: Path, resume: bool = False, overrides: dic
         out.mkdir(parents=True, exist_ok=True)
         (out / "_train").mkdir(exist_ok=True)
         (out / "_train" / "preset.json").write_text(json.dumps({"preset": preset, **asdict(cfg)}, indent=1))
-    have_encoders = (out / "t5" / "config.json").exists() and (out / "clip" / "open_clip_config.json").exists()
     if enc is None and (stage == "encoders" or (stage == "all" and not (resume and have_encoders))):
         if ranks.is_main:
             from .encoders import train_mini
@@ -454,10 +461,7 @@ def run(preset: str, stage: str, out: Path, resume: bool = False, overrides: dic
     if stage == "encoders":
         return
     if enc is None:
-        enc = load_training_encoders(out, dev)
-        if cache is not None:
-            cache.check(enc.fingerprint(), {k: str(v) for k, v in enc.folders.items()}, cfg.base_resolution, cfg.sr_resolution)
-            enc = CachedEncoders(cache)
+        enc = CachedEncoders(cache, {"t5": "t5", "clip": "clip"}) if cache is not None else load_training_encoders(out, dev)
     feed = Feed(source, cache, ranks)
     log(f"training on {_device_name(dev)}" + (f", {ranks.world} ranks: global batch {cfg.batch_size} ({ranks.per_rank(cfg.batch_size)} per rank), lr {cfg.lr:g} (not rescaled)" if ranks.active else ""))
     encoders = _encoders_record(enc, cache, t5, clip)
