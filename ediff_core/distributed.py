@@ -37,8 +37,7 @@ class Ranks:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-    _stop_pending: list = field(default_factory=list)
-    _critical: list = field(default_factory=list)
+    _stop_pending: list = field(default_factory=list)  # signals noted by ``guard``
 
     @property
     def active(self) -> bool:
@@ -128,35 +127,26 @@ class Ranks:
             if dist.is_initialized():
                 dist.destroy_process_group()
 
-    @contextmanager
-    def critical(self) -> Iterator[None]:
-        """A stop signal arriving inside (an optimizer step, a checkpoint write) waits for its end."""
-        self._critical.append(True)
-        try:
-            yield
-        finally:
-            self._critical.pop()
-        if self._stop_pending and not self._critical:
-            raise _Stopped("stopped by a signal (torchrun stops the others when a rank dies)")
+    def stop_if_signalled(self) -> None:
+        """Raises at a step boundary once torchrun has sent its stop signal (see ``guard``)."""
+        if self._stop_pending:
+            raise _Stopped(f"stopped by signal {signal.Signals(self._stop_pending[0]).name} (torchrun stops the others when a rank dies)")
 
     @contextmanager
     def guard(self, on_failure: Callable[[], str]) -> Iterator[None]:
         """Turns a lost peer, a collective timeout or torchrun's stop signal into ``RankFailure``.
 
-        ``on_failure`` runs first, on every rank (rank 0 saves the last completed step there) and
-        returns what to tell the user. One process: no change.
+        A SIGTERM is only noted, and acted on at the next step boundary (``stop_if_signalled``), so
+        the state is never cut mid-update; a rank blocked in a collective gets gloo's error for a
+        closed peer, or the process group's timeout. ``on_failure`` then runs on every rank (rank 0
+        saves the last completed step there; under NCCL a watchdog may end the process first, and
+        the last periodic checkpoint is the one to resume) and returns what to tell the user.
+        One process: no change.
         """
         if not self.active:
             yield
             return
-
-        def on_term(signum, frame):
-            if self._critical:
-                self._stop_pending.append(signum)
-            else:
-                raise _Stopped(f"stopped by signal {signal.Signals(signum).name} (torchrun stops the others when a rank dies)")
-
-        previous = signal.signal(signal.SIGTERM, on_term)
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: self._stop_pending.append(signum))
         try:
             yield
         except (_Stopped, RuntimeError) as e:  # gloo/NCCL errors are RuntimeErrors (DistError and its kind)

@@ -10,7 +10,7 @@ and sliced, so that W ranks train exactly what one process would.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 from torch.utils.data import DataLoader
 
@@ -25,6 +25,7 @@ class Feed:
     source: Source | None = None  # None: Shapes World
     cache: EmbeddingCache | None = None  # None: encode each batch's captions and images
     ranks: Ranks = field(default_factory=Ranks)
+    rescue: Callable[[], str] = lambda: "no step was trained"  # the running job's save of its last completed step
 
     def file_batches(self, cfg, step: int) -> Iterator[dict]:
         """This rank's batches of the dataset on disk, from global step ``step`` on; bad samples are counted."""

@@ -249,54 +249,52 @@ def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bo
     def save() -> None:
         record = feed.record()
         if ranks.is_main:
-            with ranks.critical():
-                f.flush()
-                _save_state(state_dir, net, ema, opt, step)
-                export(ema, export_dir, step, cfg, record)
+            f.flush()
+            _save_state(state_dir, net, ema, opt, step)
+            export(ema, export_dir, step, cfg, record)
         saved[0] = step
 
     def on_failure() -> str:
         if ranks.is_main and step > saved[0]:
-            with ranks.critical():
-                _save_state(state_dir, net, ema, opt, step)
-                saved[0] = step
+            _save_state(state_dir, net, ema, opt, step)
+            saved[0] = step
         return f"the last checkpoint is step {saved[0]} in {state_dir} (continue with --resume, on any number of ranks)"
 
-    with ranks.guard(on_failure):
-        for batch in data:
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            cond = feed.conditioning(enc, batch, cfg, gen)
-            x0 = batch["base"]
-            if job.super_resolution:
-                x0, cond = _sr_inputs(batch, cond, cfg, gen, rows)
-            lr = _lr(cfg, step - warm_from)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            loss = loss_fn(D, x0, cond, gen, rows).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            with ranks.critical():
-                torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-                opt.step()
-                decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-                with torch.no_grad():
-                    for pe, pn in zip(ema.parameters(), net.parameters()):
-                        pe.lerp_(pn, 1 - decay)
-                step += 1
-            value = ranks.mean(loss.item(), x0.device)  # the global batch's loss
-            running = value if running is None else 0.98 * running + 0.02 * value
-            if writer is not None:
-                writer.writerow([step, f"{value:.5f}", f"{lr:.2e}", f"{time.time() - t0:.1f}"])
-            bar.update(1)
-            bar.set_postfix(loss=f"{running:.4f}")
-            out_of_time = ranks.any(time.time() >= deadline, x0.device) if math.isfinite(deadline) else False
-            if step % cfg.save_every == 0 or step >= job.steps or out_of_time:
-                save()
-            if step >= job.steps:
-                break
-            if out_of_time:
-                log(f"{job.name}: time budget spent at step {step} of {job.steps}; saved (continue with --resume)")
-                break
+    feed.rescue = on_failure  # run() calls it if a rank fails (distributed.Ranks.guard)
+    for batch in data:
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        cond = feed.conditioning(enc, batch, cfg, gen)
+        x0 = batch["base"]
+        if job.super_resolution:
+            x0, cond = _sr_inputs(batch, cond, cfg, gen, rows)
+        lr = _lr(cfg, step - warm_from)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss = loss_fn(D, x0, cond, gen, rows).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pn in zip(ema.parameters(), net.parameters()):
+                pe.lerp_(pn, 1 - decay)
+        step += 1
+        ranks.stop_if_signalled()  # torchrun's SIGTERM takes effect here, between steps
+        value = ranks.mean(loss.item(), x0.device)  # the global batch's loss
+        running = value if running is None else 0.98 * running + 0.02 * value
+        if writer is not None:
+            writer.writerow([step, f"{value:.5f}", f"{lr:.2e}", f"{time.time() - t0:.1f}"])
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.4f}")
+        out_of_time = ranks.any(time.time() >= deadline, x0.device) if math.isfinite(deadline) else False
+        if step % cfg.save_every == 0 or step >= job.steps or out_of_time:
+            save()
+        if step >= job.steps:
+            break
+        if out_of_time:
+            log(f"{job.name}: time budget spent at step {step} of {job.steps}; saved (continue with --resume)")
+            break
     bar.close()
     if f is not None:
         f.close()
@@ -429,6 +427,9 @@ def run(preset: str, stage: str, out: Path, resume: bool = False, overrides: dic
     if cache is not None and source is None:
         raise ValueError("embeddings: a cache is made from a dataset on disk (--data DIR or shards); Shapes World is encoded on the fly")
     dev = torch.device(pick_device(device))
+    ranks = Ranks.from_env(dev.type, ddp_timeout)  # under torchrun: joins the process group (writes nothing)
+    ranks.per_rank(cfg.batch_size)
+    dev = ranks.device(dev)
     enc = _frozen_encoders(t5, clip, dev, cache, cfg) if t5 else None
     have_encoders = (out / "t5" / "config.json").exists() and (out / "clip" / "open_clip_config.json").exists()
     if cache is not None and enc is None:
@@ -438,9 +439,6 @@ def run(preset: str, stage: str, out: Path, resume: bool = False, overrides: dic
         from .embed import encoder_fingerprint
 
         cache.check(encoder_fingerprint(out / "t5", out / "clip"), {"t5": str(out / "t5"), "clip": str(out / "clip")}, cfg.base_resolution, cfg.sr_resolution)
-    ranks = Ranks.from_env(dev.type, ddp_timeout)
-    ranks.per_rank(cfg.batch_size)
-    dev = ranks.device(dev)
     if not ranks.is_main:
         log = _quiet
     torch.set_num_threads(cfg.threads)
@@ -483,7 +481,8 @@ def run(preset: str, stage: str, out: Path, resume: bool = False, overrides: dic
         if ranks.any(time.time() >= deadline, dev):
             log(f"time budget spent; not started: {', '.join(j.name for j in jobs[k:])}")
             break
-        train_job(job, out, enc, cfg, resume=resume, log=log, device=dev, deadline=deadline, feed=feed)
+        with ranks.guard(lambda: feed.rescue()):
+            train_job(job, out, enc, cfg, resume=resume, log=log, device=dev, deadline=deadline, feed=feed)
         if ranks.is_main:
             write_model_index(out, cfg, encoders={"t5": _index_path(t5), "clip": _index_path(clip)} if t5 else None)
     final = feed.record()

@@ -13,15 +13,6 @@ from PIL import Image
 from ediff_core.cli import main
 
 
-@pytest.fixture
-def encoders_run(tiny_model, tmp_path):
-    """A run folder holding the tiny model's encoders, as `train --stage base` expects."""
-    run_dir = tmp_path / "run"
-    shutil.copytree(tiny_model / "t5", run_dir / "t5")
-    shutil.copytree(tiny_model / "clip", run_dir / "clip")
-    return run_dir
-
-
 def _export(tmp_path, fmt, n=12, per_shard=4):
     out = tmp_path / fmt
     assert main(["export-data", "--out", str(out), "--n", str(n), "--format", fmt, "--per-shard", str(per_shard)]) == 0

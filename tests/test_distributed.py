@@ -5,7 +5,6 @@ resumable checkpoint, not a hang."""
 
 import csv
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,12 +26,6 @@ def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "folder"
     assert main(["export-data", "--out", str(out), "--n", "20"]) == 0
     return out
-
-
-def _run_dir(tiny_model, path):
-    shutil.copytree(tiny_model / "t5", path / "t5")
-    shutil.copytree(tiny_model / "clip", path / "clip")
-    return path
 
 
 def _free_port() -> int:
@@ -80,8 +73,8 @@ def test_each_rank_reads_disjoint_rows_whose_union_is_the_global_batch(dataset):
     assert len({k for batch in single[:5] for k in batch}) == 20  # 5 global batches = one epoch of 20 samples
 
 
-def test_torchrun_two_ranks_equal_one_process_and_resume_on_one_rank(dataset, tiny_model, tmp_path):
-    one, two = _run_dir(tiny_model, tmp_path / "one"), _run_dir(tiny_model, tmp_path / "two")
+def test_torchrun_two_ranks_equal_one_process_and_resume_on_one_rank(dataset, encoders_run_at, tmp_path):
+    one, two = encoders_run_at(tmp_path / "one"), encoders_run_at(tmp_path / "two")
     args = ["--preset", "tiny", "--stage", "base", "--data", str(dataset), "--threads", "1", "--seed", "5", "--batch-size", "4"]
     proc = _torchrun([*args, "--out", str(two), "--base-steps", "3", "--ddp-timeout", "120"])
     log, _ = proc.communicate(timeout=240)
@@ -123,8 +116,8 @@ def _rank_of(pid: int) -> int | None:
     return int(env["RANK"]) if "RANK" in env else None
 
 
-def test_a_dying_rank_ends_the_job_with_a_clear_error_and_a_resumable_checkpoint(dataset, tiny_model, tmp_path):
-    run_dir = _run_dir(tiny_model, tmp_path / "run")
+def test_a_dying_rank_ends_the_job_with_a_clear_error_and_a_resumable_checkpoint(dataset, encoders_run):
+    run_dir = encoders_run
     args = ["--preset", "tiny", "--stage", "base", "--data", str(dataset), "--threads", "1", "--out", str(run_dir)]
     proc = _torchrun([*args, "--base-steps", "100000", "--save-every", "1000", "--ddp-timeout", "60"])
     loss_csv = run_dir / "_train" / "base" / "shared" / "loss.csv"

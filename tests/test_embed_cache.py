@@ -19,11 +19,8 @@ def dataset(tmp_path_factory):
 
 
 @pytest.fixture
-def run_dir(tiny_model, tmp_path):
-    d = tmp_path / "run"
-    shutil.copytree(tiny_model / "t5", d / "t5")
-    shutil.copytree(tiny_model / "clip", d / "clip")
-    return d
+def run_dir(encoders_run):
+    return encoders_run
 
 
 def _embed(dataset, run_dir, out, *extra):
