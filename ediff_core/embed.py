@@ -72,12 +72,25 @@ class EncoderSet:
 
 def load_encoder_set(t5_path: str, clip_path: str, device: torch.device | str = "cpu") -> EncoderSet:
     """Loads T5 and CLIP (text + image towers) from folders or Hub ids."""
-    from .encoders.loading import CLIP_HUB_FILES, T5_HUB_FILES, load_clip, load_text_encoder, resolve_folder
+    from .encoders.loading import load_clip, load_text_encoder
 
-    t5 = load_text_encoder("t5", t5_path, device)
-    clip = load_clip(clip_path, device)
-    folders = {"t5": resolve_folder(t5_path, T5_HUB_FILES), "clip": resolve_folder(clip_path, CLIP_HUB_FILES)}
+    folders = encoder_folders(t5_path, clip_path)
+    t5 = load_text_encoder("t5", folders["t5"], device)
+    clip = load_clip(folders["clip"], device)
     return EncoderSet(t5=t5, clip_text=clip.text, clip_image=clip.image, folders=folders)
+
+
+def encoder_folders(t5_path: str, clip_path: str) -> dict[str, Path]:
+    """The local folders of a T5 and a CLIP named by folder or Hub id; a failure names ``t5`` or ``clip``."""
+    from .encoders.loading import CLIP_HUB_FILES, T5_HUB_FILES, resolve_folder
+
+    folders = {}
+    for name, value, patterns in (("t5", t5_path, T5_HUB_FILES), ("clip", clip_path, CLIP_HUB_FILES)):
+        try:
+            folders[name] = resolve_folder(value, patterns)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{name}: {e}") from None
+    return folders
 
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")

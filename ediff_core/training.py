@@ -502,23 +502,14 @@ def _quiet(message: str) -> None:
 def _frozen_encoders(t5: str, clip: str, device: torch.device, cache, cfg: TrainConfig):
     """``--t5``/``--clip``: loaded now (before anything is written); errors name the flag.
     With a cache only their fingerprint is needed, so the weights are not loaded."""
-    from .embed import encoder_fingerprint, load_encoder_set
+    from .embed import encoder_fingerprint, encoder_folders, load_encoder_set
     from .embed_cache import CachedEncoders
-    from .encoders.loading import CLIP_HUB_FILES, T5_HUB_FILES, resolve_folder
 
-    folders = {}
-    for name, value, patterns in (("t5", t5, T5_HUB_FILES), ("clip", clip, CLIP_HUB_FILES)):
-        try:
-            folders[name] = resolve_folder(value, patterns)
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"{name}: {e}") from None
+    folders = encoder_folders(t5, clip)
     if cache is not None:
         cache.check(encoder_fingerprint(folders["t5"], folders["clip"]), {"t5": t5, "clip": clip}, cfg.base_resolution, cfg.sr_resolution)
         return CachedEncoders(cache, {"t5": _index_path(t5), "clip": _index_path(clip)})
-    try:
-        return load_encoder_set(t5, clip, device)
-    except (FileNotFoundError, ValueError) as e:
-        raise type(e)(f"t5/clip: {e}") from None
+    return load_encoder_set(t5, clip, device)
 
 
 def _encoders_record(enc, cache, t5: str | None, clip: str | None) -> dict:

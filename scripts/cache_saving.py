@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from ediff_core.data.spec import collate, open_data
-from ediff_core.embed import load_encoder_set
-from ediff_core.embed_cache import EmbeddingCache
-from ediff_core.training import PRESETS
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ediff_core.data.spec import collate, open_data  # noqa: E402
+from ediff_core.embed import load_encoder_set  # noqa: E402
+from ediff_core.embed_cache import EmbeddingCache  # noqa: E402
+from ediff_core.training import PRESETS  # noqa: E402
 
 
 def main() -> None:
