@@ -1,4 +1,4 @@
-"""``python -m ediff_core {generate,info,train,eval,bench}``: thin shells over the library."""
+"""``python -m ediff_core {generate,info,train,embed,export-data,eval,bench}``: thin shells over the library."""
 
 from __future__ import annotations
 
@@ -194,15 +194,85 @@ def parse_dropout(items: list[str]) -> dict[str, float]:
     return rates
 
 
+TRAIN_OVERRIDES = ("base_steps", "expert_steps", "sr_steps", "threads", "batch_size", "data_workers", "lr", "seed", "save_every", "precision", "grounding")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from .data.spec import DataSpec
     from .training import run
 
-    overrides = {k: v for k, v in {"base_steps": args.base_steps, "expert_steps": args.expert_steps, "sr_steps": args.sr_steps, "threads": args.threads,
-                                   "batch_size": args.batch_size, "data_workers": args.data_workers, "lr": args.lr, "precision": args.precision,
-                                   "grounding": args.grounding}.items() if v is not None}
+    if not args.out:
+        raise ValueError("out: give --out FOLDER (or 'out' in the --config file)")
+    overrides = {k: getattr(args, k) for k in TRAIN_OVERRIDES if getattr(args, k) is not None} | getattr(args, "config_overrides", {})
     if args.dropout:
-        overrides["dropout"] = parse_dropout(args.dropout)
-    run(args.preset, args.stage, Path(args.out), resume=args.resume, overrides=overrides, device=args.device, minutes=args.minutes)
+        overrides["dropout"] = parse_dropout([f"{k}={v}" for k, v in args.dropout.items()] if isinstance(args.dropout, dict) else args.dropout)
+    data = DataSpec(args.data, args.min_side, args.shuffle_buffer)
+    settings = {k: v for k, v in vars(args).items() if k not in ("func", "config_overrides", "command")} | getattr(args, "config_overrides", {})
+    run(args.preset, args.stage, Path(args.out), resume=args.resume, overrides=overrides, device=args.device, minutes=args.minutes,
+        data=data, t5=args.t5, clip=args.clip, embeddings=args.embeddings, ddp_timeout=args.ddp_timeout, settings=settings)
+    return 0
+
+
+def apply_config_file(parser: argparse.ArgumentParser, train: argparse.ArgumentParser, argv: list[str], args: argparse.Namespace) -> argparse.Namespace:
+    """``train --config FILE``: the file's settings become the flags' defaults, so flags given win."""
+    from dataclasses import fields
+
+    from .run_config import load_config_file
+    from .training import TrainConfig
+
+    settings = {str(k).replace("-", "_"): v for k, v in load_config_file(args.config).items()}
+    flags = {a.dest for a in train._actions if a.dest not in ("help", "config")}
+    fields_ = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(settings) - flags - fields_)
+    if unknown:
+        raise ValueError(f"config: unknown setting(s) {unknown} in {args.config}; allowed: the train flags ({', '.join(sorted(flags))}) "
+                         f"and TrainConfig fields ({', '.join(sorted(fields_ - flags))})")
+    train.set_defaults(**{k: v for k, v in settings.items() if k in flags})
+    resolved = parser.parse_args(argv)
+    resolved.config_overrides = {k: v for k, v in settings.items() if k not in flags}
+    return resolved
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from .data.spec import DataSpec, open_data
+    from .embed import load_encoder_set
+    from .embed_cache import build_cache
+    from .training import PRESETS
+
+    if args.preset not in PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {args.preset!r}")
+    cfg = PRESETS[args.preset]
+    source = open_data(DataSpec(args.data, args.min_side))
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"out: {out} exists and is not empty; give a new folder for the cache")
+    if (args.t5 is None) != (args.clip is None):
+        raise ValueError("t5, clip: give both encoders (folders or Hub ids), or neither (the --model folder's)")
+    t5, clip = (args.t5, args.clip) if args.t5 else _model_encoders(args.model)
+    enc = load_encoder_set(t5, clip, pick_device(args.device))
+    build_cache(source, enc, out, cfg.base_resolution, cfg.sr_resolution, args.shard_samples, args.batch_size, args.dtype)
+    return 0
+
+
+def _model_encoders(model: str | None) -> tuple[str, str]:
+    """The T5 and CLIP a model (or run) folder names (default: the embedded ediff-mini)."""
+    from .model_folder import default_model_path, read_index
+
+    folder = Path(model) if model else default_model_path()
+    if (folder / "model_index.json").exists():
+        names = read_index(folder).encoders
+    elif (folder / "t5").is_dir() and (folder / "clip").is_dir():
+        names = {"t5": "t5", "clip": "clip"}
+    else:
+        raise FileNotFoundError(f"model: {folder} has neither a model_index.json nor t5/ and clip/ folders")
+    return tuple(str(folder / names[k]) if (folder / names[k]).exists() else names[k] for k in ("t5", "clip"))
+
+
+def cmd_export_data(args: argparse.Namespace) -> int:
+    from .data.export import export_shapes
+
+    spec = export_shapes(Path(args.out), args.n, args.format, args.size, args.per_shard)
+    print(f"wrote {args.n} Shapes World samples; train on them with: python -m ediff_core train --data '{spec}' ...")
     return 0
 
 
@@ -238,12 +308,19 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_info)
 
     t = sub.add_parser("train", help="train encoders, base experts and super-resolution from a preset")
+    t.add_argument("--config", default=None, help="a .yaml or .toml file of these settings (keys: the flags with _); flags given win")
     t.add_argument("--preset", default="mini")
     t.add_argument("--stage", default="all", help="encoders | base | experts | sr | all")
-    t.add_argument("--out", required=True)
+    t.add_argument("--out", default=None, help="the run / model folder (required, here or in --config)")
     t.add_argument("--resume", action="store_true")
-    for name in ("base-steps", "expert-steps", "sr-steps", "threads", "batch-size", "data-workers"):
+    for name in ("base-steps", "expert-steps", "sr-steps", "threads", "data-workers", "seed", "save-every"):
         t.add_argument(f"--{name}", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=None, help="the global batch, split over the ranks under torchrun")
+    _add_data_flags(t)
+    t.add_argument("--t5", default=None, help="frozen T5 encoder: folder or Hub id (e.g. google/t5-v1_1-xxl); default: train the mini T5 into the run")
+    t.add_argument("--clip", default=None, help="frozen open_clip CLIP: folder or Hub id; default: train the mini CLIP into the run")
+    t.add_argument("--embeddings", default=None, help="an `embed` cache read instead of running the encoders (refused if made with other weights)")
+    t.add_argument("--ddp-timeout", type=float, default=1800.0, help="torchrun: seconds a collective may wait for a rank before the job fails")
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the base and SR jobs train (auto: CUDA when present)")
     t.add_argument("--minutes", type=float, default=None, help="wall-clock budget: the running job saves and exports its step when it is spent; --resume continues")
     t.add_argument("--lr", type=float, default=None, help="AdamW learning rate (preset mini: 3e-4; the paper: 1e-4), e.g. a lower one to anneal a resumed run")
@@ -254,6 +331,28 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dropout", action="append", metavar="NAME=RATE",
                    help="per-embedding training dropout (§4.2), repeatable: clip_text, t5 or clip_image = a rate in [0, 1]")
     t.set_defaults(func=cmd_train)
+
+    m = sub.add_parser("embed", help="precompute T5 and CLIP embeddings of a dataset into a cache for train --embeddings")
+    m.add_argument("--data", required=True, help="an imagefolder path or WebDataset shards (as train --data)")
+    m.add_argument("--out", required=True, help="a new cache folder")
+    m.add_argument("--min-side", type=int, default=0, help="images with a shorter side are skipped (0: the SR resolution)")
+    m.add_argument("--model", default=None, help="model or run folder whose t5/ and clip/ to use (default: checkpoints/ediff-mini)")
+    m.add_argument("--t5", default=None, help="T5 folder or Hub id (with --clip; instead of --model)")
+    m.add_argument("--clip", default=None, help="open_clip folder or Hub id (with --t5)")
+    m.add_argument("--preset", default="mini", help="the training preset whose resolutions the image embeddings are made at")
+    m.add_argument("--dtype", default="fp32", choices=["fp32", "fp16"], help="storage precision (fp16 halves the size)")
+    m.add_argument("--batch-size", type=int, default=32)
+    m.add_argument("--shard-samples", type=int, default=1024, help="samples per safetensors shard")
+    m.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    m.set_defaults(func=cmd_embed)
+
+    x = sub.add_parser("export-data", help="write Shapes World as an imagefolder or WebDataset shards (to try train --data)")
+    x.add_argument("--out", required=True)
+    x.add_argument("--n", type=int, required=True, help="how many scenes")
+    x.add_argument("--format", default="imagefolder", choices=["imagefolder", "webdataset"])
+    x.add_argument("--size", type=int, default=64, help="image side in pixels")
+    x.add_argument("--per-shard", type=int, default=100, help="webdataset: samples per .tar shard")
+    x.set_defaults(func=cmd_export_data)
 
     e = sub.add_parser("eval", help="alignment and quality metrics; the paper-style experiments")
     common(e)
@@ -273,13 +372,26 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true")
     b.add_argument("--compile", default="none", choices=["auto", "tensorrt", "torch", "none"])
     b.set_defaults(func=cmd_bench)
+    p.train_parser = t
     return p
 
 
+def _add_data_flags(t: argparse.ArgumentParser) -> None:
+    t.add_argument("--data", default="shapes", help="shapes | an imagefolder path (images + metadata.jsonl) | WebDataset shards, e.g. 'data/{000000..000099}.tar'")
+    t.add_argument("--min-side", type=int, default=0, help="images with a shorter side are skipped and counted (0: the SR resolution)")
+    t.add_argument("--shuffle-buffer", type=int, default=1000, help="WebDataset: shuffle buffer, samples per reader")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from .distributed import RankFailure
+
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        if args.command == "train" and args.config:
+            args = apply_config_file(parser, parser.train_parser, argv, args)
         return args.func(args)
-    except (RequestError, FileNotFoundError, NotADirectoryError, ValueError) as e:
+    except (RequestError, FileNotFoundError, NotADirectoryError, ValueError, RankFailure) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -108,10 +108,14 @@ def select_encoders(cond: Cond, mode: EncoderMode, use_image: bool | None = None
     return cond.with_keep(keep)
 
 
-def drop_embeddings(cond: Cond, rates: dict[str, float] = DROPOUT_RATES, generator: torch.Generator | None = None) -> Cond:
-    """Training-time dropout: each embedding independently zeroed with its rate (App. A)."""
+def drop_embeddings(cond: Cond, rates: dict[str, float] = DROPOUT_RATES, generator: torch.Generator | None = None,
+                    rows: tuple[int, int] | None = None) -> Cond:
+    """Training-time dropout: each embedding independently zeroed with its rate (App. A).
+    ``rows``: (offset, global batch) under data parallelism, as in ``EDMLoss``."""
     p = torch.tensor([rates["clip_text"], rates["t5"], rates["clip_image"]])
-    keep = torch.rand(cond.batch_size, 3, generator=generator) >= p
+    n = cond.batch_size
+    offset, total = rows or (0, n)
+    keep = torch.rand(total, 3, generator=generator)[offset : offset + n] >= p
     return cond.with_keep(keep.to(cond.device))
 
 

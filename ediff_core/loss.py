@@ -52,10 +52,14 @@ class EDMLoss:
         sigma = (self.P_mean + self.P_std * _normal_icdf(u)).exp()
         return sigma.to(torch.float32).to(device)
 
-    def __call__(self, denoiser, x0: Tensor, cond, generator: torch.Generator | None = None) -> Tensor:
-        """Returns the per-sample loss, shape (B,)."""
-        sigma = self.sample_sigma(x0.shape[0], generator, x0.device)
-        noise = torch.randn(x0.shape, generator=generator, device="cpu").to(x0.device)
+    def __call__(self, denoiser, x0: Tensor, cond, generator: torch.Generator | None = None, rows: tuple[int, int] | None = None) -> Tensor:
+        """Returns the per-sample loss, shape (B,). ``rows``: (offset, global batch) of these B rows
+        in a data-parallel global batch; σ and ε are drawn for the global batch and sliced, so the
+        ranks together draw what one process would."""
+        n = x0.shape[0]
+        offset, total = rows or (0, n)
+        sigma = self.sample_sigma(total, generator, x0.device)[offset : offset + n]
+        noise = torch.randn((total, *x0.shape[1:]), generator=generator, device="cpu")[offset : offset + n].to(x0.device)
         D = denoiser(x0 + sigma.reshape(-1, 1, 1, 1) * noise, sigma, cond)
         per = ((D - x0) ** 2).flatten(1).mean(1)
         return loss_weight(sigma, self.sigma_data) * per

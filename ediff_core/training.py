@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
-import io
 import json
 import math
 import random
@@ -20,21 +19,28 @@ import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .conditioning import DROPOUT_RATES, Cond, drop_embeddings
+from .conditioning import DROPOUT_RATES, Cond
+from .data.transforms import degrade as _degrade
+from .data.transforms import to_tensor as _to_tensor
+from .distributed import Ranks
 from .embed import EncoderSet
 from .experts import ExpertSpec, Interval, three_expert_specs
+from .feed import Feed
 from .loss import EDMLoss
 from .networks import EDiffUNet, build_unet, denoiser
 from .request import pick_device
+
+if TYPE_CHECKING:
+    from .data.spec import DataSpec
 
 CAPTION_MIX = {"short": 0.4, "medium": 0.3, "long": 0.3}
 PRECISIONS = ("fp32", "bf16")
@@ -82,10 +88,13 @@ PRESETS: dict[str, TrainConfig] = {
 
 
 class ShapesStream(IterableDataset):
-    """Endless Shapes World training samples: 64-px image, base-resolution image, degraded low-res, a caption."""
+    """Endless Shapes World training samples: 64-px image, base-resolution image, degraded low-res, a caption.
 
-    def __init__(self, cfg: TrainConfig, seed: int):
-        self.cfg, self.seed = cfg, seed
+    Rank ``rank`` of ``world`` draws only scene ids ≡ rank (mod world): disjoint shards of the train split.
+    """
+
+    def __init__(self, cfg: TrainConfig, seed: int, rank: int = 0, world: int = 1):
+        self.cfg, self.seed, self.rank, self.world = cfg, seed, rank, world
 
     def __iter__(self) -> Iterator[dict]:
         from .data.captions import grounded_captions
@@ -94,11 +103,11 @@ class ShapesStream(IterableDataset):
 
         info = get_worker_info()
         wid = info.id if info is not None else 0
-        rng = random.Random(self.seed * 7919 + wid)
+        rng = random.Random(self.seed * 7919 + wid + 104729 * self.rank)
         lo, hi = SPLITS["train"].start, SPLITS["train"].stop
         kinds, weights = list(CAPTION_MIX), list(CAPTION_MIX.values())
         while True:
-            scene = sample_scene(rng.randrange(lo, hi), "train")
+            scene = sample_scene(lo + self.rank + self.world * rng.randrange((hi - lo - self.rank + self.world - 1) // self.world), "train")
             img = render(scene, self.cfg.sr_resolution)
             small = img.resize((self.cfg.base_resolution,) * 2, Image.LANCZOS)
             degraded = _to_tensor(_degrade(small, rng))  # draws from rng before the caption's kind, as ever
@@ -109,26 +118,10 @@ class ShapesStream(IterableDataset):
             yield sample
 
 
-def _to_tensor(img: Image.Image) -> Tensor:
-    return torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
-
-
-def _degrade(img: Image.Image, rng: random.Random) -> Image.Image:
-    """Random low-resolution degradations for SR training (§4.2: blur, JPEG, noise)."""
-    if rng.random() < 0.3:
-        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.8)))
-    if rng.random() < 0.3:
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=rng.randint(50, 95))
-        img = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-    if rng.random() < 0.3:
-        a = np.asarray(img, dtype=np.float32) + np.random.default_rng(rng.randrange(2**31)).normal(0, rng.uniform(1, 6), (img.height, img.width, 3))
-        img = Image.fromarray(a.clip(0, 255).astype(np.uint8))
-    return img
-
-
-def batches(cfg: TrainConfig, seed: int) -> Iterator[dict]:
-    loader = DataLoader(ShapesStream(cfg, seed), batch_size=cfg.batch_size, num_workers=cfg.data_workers, persistent_workers=cfg.data_workers > 0)
+def batches(cfg: TrainConfig, seed: int, ranks: Ranks | None = None) -> Iterator[dict]:
+    ranks = ranks or Ranks()
+    loader = DataLoader(ShapesStream(cfg, seed, ranks.rank, ranks.world), batch_size=ranks.per_rank(cfg.batch_size),
+                        num_workers=cfg.data_workers, persistent_workers=cfg.data_workers > 0)
     yield from loader
 
 
@@ -220,18 +213,17 @@ def precision_context(precision: str, device: torch.device | str) -> contextlib.
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
-def _conditioning(enc: EncoderSet, batch: dict, cfg: TrainConfig, gen: torch.Generator) -> Cond:
-    images01 = (batch["image"] + 1) / 2
-    cond = enc.encode(list(batch["caption"]), images01, images01.device)  # on the batch's device
-    return drop_embeddings(cond, cfg.dropout, gen)
-
-
 def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = print,
-              device: torch.device | str = "cpu", deadline: float = math.inf) -> EDiffUNet:
+              device: torch.device | str = "cpu", deadline: float = math.inf, feed: Feed | None = None) -> EDiffUNet:
     """Trains (or resumes) one job on ``device`` (where ``enc`` runs too); returns its EMA network
     and exports it to ``out/job.name``. Past ``deadline`` (a ``time.time()``) it saves and exports
-    the step it is at and stops early: ``--resume`` continues from there."""
+    the step it is at and stops early: ``--resume`` continues from there. ``feed``: the data, the
+    conditioning and the ranks (default: Shapes World, encoded on the fly, one process); only
+    rank 0 writes."""
     from tqdm import tqdm
+
+    feed = feed or Feed()
+    ranks = feed.ranks
 
     torch.manual_seed(cfg.seed)
     state_dir = out / "_train" / job.name
@@ -257,34 +249,54 @@ def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bo
         log(f"{job.name}: already at step {step} >= {job.steps}")
         return ema
     loss_fn = EDMLoss(interval=job.interval.as_loss_interval())
-    recorder = _grounding_recorder(net, job, cfg)
-    D = denoiser(net)
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + step)
+    recorder = _grounding_recorder(net, job, cfg)  # before DDP wraps it
+    D = denoiser(ranks.wrap(net))  # DDP all-reduces the gradients of the ranks' rows
+    rows = ranks.rows(cfg.batch_size)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + step)  # the same on every rank: draws are for the global batch
     csv_path = state_dir / "loss.csv"
-    state_dir.mkdir(parents=True, exist_ok=True)
-    new_csv = not csv_path.exists()
-    f = open(csv_path, "a", newline="")
-    writer = csv.writer(f)
-    if new_csv:
-        writer.writerow(["step", "loss", "lr", "seconds"] + (["grounding"] if recorder else []))
+    f = writer = None
+    if ranks.is_main:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        new_csv = not csv_path.exists()
+        f = open(csv_path, "a", newline="", buffering=1)  # line-buffered: a crash loses no logged step
+        writer = csv.writer(f)
+        if new_csv:
+            writer.writerow(["step", "loss", "lr", "seconds"] + (["grounding"] if recorder else []))
     t0 = time.time()
-    data = batches(cfg, cfg.seed * 100003 + step)
-    bar = tqdm(total=job.steps, initial=step, desc=job.name, mininterval=10, smoothing=0.05)
+    data = batches(cfg, cfg.seed * 100003 + step, ranks) if feed.source is None else feed.file_batches(cfg, step)
+    bar = tqdm(total=job.steps, initial=step, desc=job.name, mininterval=10, smoothing=0.05, disable=not ranks.is_main)
     running = None
+    saved = [step]
+
+    def save() -> None:
+        record = feed.record()
+        if ranks.is_main:
+            f.flush()
+            _save_state(state_dir, net, ema, opt, step)
+            export(ema, export_dir, step, cfg, record)
+        saved[0] = step
+
+    def on_failure() -> str:
+        if ranks.is_main and step > saved[0]:
+            _save_state(state_dir, net, ema, opt, step)
+            saved[0] = step
+        return f"the last checkpoint is step {saved[0]} in {state_dir} (continue with --resume, on any number of ranks)"
+
+    feed.rescue = on_failure  # run() calls it if a rank fails (distributed.Ranks.guard)
     for batch in data:
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        cond = _conditioning(enc, batch, cfg, gen)
+        cond = feed.conditioning(enc, batch, cfg, gen)
         x0 = batch["base"]
         if job.super_resolution:
-            x0, cond = _sr_inputs(batch, cond, cfg, gen)
+            x0, cond = _sr_inputs(batch, cond, cfg, gen, rows)
         lr = _lr(cfg, step - warm_from)
         for g in opt.param_groups:
             g["lr"] = lr
         with precision_context(cfg.precision, device):
             if recorder is None:
-                loss = loss_fn(D, x0, cond, gen).mean()
+                loss = loss_fn(D, x0, cond, gen, rows).mean()
             else:
-                loss, ground = _grounded_loss(loss_fn, D, x0, cond, gen, batch, enc, recorder)
+                loss, ground = _grounded_loss(loss_fn, D, x0, cond, gen, rows, batch, enc, recorder)
         opt.zero_grad(set_to_none=True)
         (loss if recorder is None else loss + cfg.grounding * ground).backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -294,22 +306,27 @@ def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bo
             for pe, pn in zip(ema.parameters(), net.parameters()):
                 pe.lerp_(pn, 1 - decay)
         step += 1
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        writer.writerow([step, f"{loss.item():.5f}", f"{lr:.2e}", f"{time.time() - t0:.1f}"] + ([f"{ground.item():.5f}"] if recorder else []))
+        ranks.stop_if_signalled()  # torchrun's SIGTERM takes effect here, between steps
+        value = ranks.mean(loss.item(), x0.device)  # the global batch's loss
+        running = value if running is None else 0.98 * running + 0.02 * value
+        if writer is not None:
+            writer.writerow([step, f"{value:.5f}", f"{lr:.2e}", f"{time.time() - t0:.1f}"]
+                            + ([f"{ranks.mean(ground.item(), x0.device):.5f}"] if recorder else []))
+        elif recorder:
+            ranks.mean(ground.item(), x0.device)  # every rank joins the collective
         bar.update(1)
         bar.set_postfix(loss=f"{running:.4f}")
-        out_of_time = time.time() >= deadline
+        out_of_time = ranks.any(time.time() >= deadline, x0.device) if math.isfinite(deadline) else False
         if step % cfg.save_every == 0 or step >= job.steps or out_of_time:
-            f.flush()
-            _save_state(state_dir, net, ema, opt, step)
-            export(ema, export_dir, step, cfg)
+            save()
         if step >= job.steps:
             break
         if out_of_time:
             log(f"{job.name}: time budget spent at step {step} of {job.steps}; saved (continue with --resume)")
             break
     bar.close()
-    f.close()
+    if f is not None:
+        f.close()
     log(f"{job.name}: step {step}, smoothed loss {running:.4f}, {time.time() - t0:.0f} s")
     return ema
 
@@ -324,36 +341,40 @@ def _grounding_recorder(net: EDiffUNet, job: Job, cfg: TrainConfig):
     return install_grounding(net)
 
 
-def _grounded_loss(loss_fn: EDMLoss, D, x0: Tensor, cond: Cond, gen: torch.Generator, batch: dict, enc: EncoderSet, recorder) -> tuple[Tensor, Tensor]:
+def _grounded_loss(loss_fn: EDMLoss, D, x0: Tensor, cond: Cond, gen: torch.Generator, rows: tuple[int, int] | None, batch: dict, enc: EncoderSet, recorder) -> tuple[Tensor, Tensor]:
     """The EDM loss and, from the same forward pass, the grounding loss (both scalars)."""
     from .grounding import batch_targets
 
     targets = batch_targets(enc, list(batch["caption"]), batch["ground_spans"], batch["ground_masks"], cond.keep, cond.t5_tokens.shape[1], cond.clip_tokens.shape[1])
     with recorder.recording(targets):
-        loss = loss_fn(D, x0, cond, gen).mean()
+        loss = loss_fn(D, x0, cond, gen, rows).mean()
     return loss, recorder.loss()
 
 
-def _sr_inputs(batch: dict, cond: Cond, cfg: TrainConfig, gen: torch.Generator) -> tuple[Tensor, Cond]:
-    """Upsampled degraded low-res input with noise augmentation, and a shared random crop."""
+def _sr_inputs(batch: dict, cond: Cond, cfg: TrainConfig, gen: torch.Generator, rows: tuple[int, int] | None = None) -> tuple[Tensor, Cond]:
+    """Upsampled degraded low-res input with noise augmentation, and a shared random crop.
+    ``rows``: (offset, global batch) under data parallelism: draws for the global batch, sliced."""
     hr = batch["image"]
     lr = torch.nn.functional.interpolate(batch["degraded"], size=hr.shape[-2:], mode="bilinear", align_corners=False)
     B = hr.shape[0]
-    aug = torch.rand(B, generator=gen) * cfg.sr_aug_max  # random draws on the CPU generator, then to the data's device
-    aug = torch.where(torch.rand(B, generator=gen) < 0.2, torch.zeros_like(aug), aug).to(hr.device)
-    lr = lr + aug.reshape(-1, 1, 1, 1) * torch.randn(lr.shape, generator=gen).to(hr.device)
+    offset, total = rows or (0, B)
+    mine = slice(offset, offset + B)
+    aug = torch.rand(total, generator=gen) * cfg.sr_aug_max  # random draws on the CPU generator, then to the data's device
+    aug = torch.where(torch.rand(total, generator=gen) < 0.2, torch.zeros_like(aug), aug)[mine].to(hr.device)
+    lr = lr + aug.reshape(-1, 1, 1, 1) * torch.randn((total, *lr.shape[1:]), generator=gen)[mine].to(hr.device)
     c = cfg.sr_crop
     i, j = (int(v) for v in torch.randint(0, hr.shape[-1] - c + 1, (2,), generator=gen))
     return hr[..., i : i + c, j : j + c], replace(cond, lowres=lr[..., i : i + c, j : j + c], aug_sigma=aug)
 
 
-def export(net: EDiffUNet, folder: Path, step: int, cfg: TrainConfig) -> None:
+def export(net: EDiffUNet, folder: Path, step: int, cfg: TrainConfig, data: dict | None = None) -> None:
     """Saves fp16 safetensors weights and the training record (step, hyperparameters, the device
-    it trained on) of one network."""
+    it trained on; ``data``: a dataset on disk, its counts and skipped samples) of one network."""
     device = next(net.parameters()).device
     half = copy.deepcopy(net).to("cpu", torch.float16)
     half.save_pretrained(folder, safe_serialization=True)
-    (folder / "training.json").write_text(json.dumps({"step": step, "config": asdict(cfg), "device": _device_name(device)}, indent=1))
+    record = {"step": step, "config": asdict(cfg), "device": _device_name(device)} | ({"data": data} if data else {})
+    (folder / "training.json").write_text(json.dumps(record, indent=1))
 
 
 def _device_name(device: torch.device | str) -> str:
@@ -392,12 +413,13 @@ def load_training_encoders(out: Path, device: torch.device | str = "cpu") -> Enc
     from .embed import load_encoder_set
 
     if not (out / "t5").exists() or not (out / "clip").exists():
-        raise FileNotFoundError(f"{out} has no trained encoders (t5/, clip/); run the 'encoders' stage first")
+        raise FileNotFoundError(f"{out} has no trained encoders (t5/, clip/); run the 'encoders' stage first, or give --t5 and --clip")
     return load_encoder_set(str(out / "t5"), str(out / "clip"), device)
 
 
-def write_model_index(out: Path, cfg: TrainConfig, name: str = "ediff-mini") -> None:
-    """Indexes whatever the run has exported: three experts when all exist, else the shared model."""
+def write_model_index(out: Path, cfg: TrainConfig, name: str = "ediff-mini", encoders: dict[str, str] | None = None) -> None:
+    """Indexes whatever the run has exported: three experts when all exist, else the shared model.
+    ``encoders``: paths or Hub ids of encoders outside the run folder (default: its t5/ and clip/)."""
     from .model_folder import ExpertEntry, ModelIndex, StageEntry, write_index
 
     specs, _ = expert_jobs(cfg)
@@ -413,19 +435,30 @@ def write_model_index(out: Path, cfg: TrainConfig, name: str = "ediff-mini") -> 
         rec = out / job / "training.json"
         if rec.exists():
             card[job] = {"step": json.loads(rec.read_text())["step"]}
-    index = ModelIndex(name, {"t5": "t5", "clip": "clip"}, StageEntry("base", cfg.base_resolution, experts), sr, {}, {"trained_steps": card, "batch_size": cfg.batch_size})
+    index = ModelIndex(name, encoders or {"t5": "t5", "clip": "clip"}, StageEntry("base", cfg.base_resolution, experts), sr, {}, {"trained_steps": card, "batch_size": cfg.batch_size})
     write_index(out, index)
 
 
 def run(preset: str, stage: str, out: Path, resume: bool = False, overrides: dict | None = None, log: Callable[[str], None] = print,
-        device: str = "cpu", minutes: float | None = None) -> None:
+        device: str = "cpu", minutes: float | None = None, data: "DataSpec | str | None" = None, t5: str | None = None, clip: str | None = None,
+        embeddings: str | None = None, ddp_timeout: float = 1800.0, settings: dict | None = None) -> None:
     """``python -m ediff_core train``: runs a stage (or all) of a preset into the model folder ``out``.
 
     ``device``: ``cpu``, ``cuda`` or ``auto`` for the base and super-resolution jobs (the mini
     encoders' own pretraining stays on the CPU: a few minutes). ``minutes``: a wall-clock budget
     for the network jobs together; the job running when it is spent saves and exports its step,
     and later jobs are left for a ``--resume`` (a session's or a lent GPU's time is bounded).
+    ``data``: ``--data`` (default Shapes World; see ``data.spec``). ``t5``/``clip``: frozen encoders
+    (folders or Hub ids) instead of training the mini ones into the run. ``embeddings``: a cache
+    from ``embed`` read instead of running the encoders. Under torchrun the job is data-parallel
+    (``distributed``), with process-group timeout ``ddp_timeout`` seconds. ``settings``: the
+    resolved command line / config file, recorded in ``_train/run.json``.
+    Every input is checked before anything is written to ``out``.
     """
+    from .data.spec import DataSpec, open_data
+    from .embed_cache import CachedEncoders, EmbeddingCache
+    from .run_config import run_record, write_run_record
+
     if minutes is not None and not minutes > 0:
         raise ValueError(f"minutes must be a positive time budget; got {minutes!r}")
     if preset not in PRESETS:
@@ -438,24 +471,56 @@ def run(preset: str, stage: str, out: Path, resume: bool = False, overrides: dic
     check_precision(cfg.precision)
     if not cfg.grounding >= 0:
         raise ValueError(f"grounding must be a loss weight >= 0 (0 = the paper's training); got {cfg.grounding!r}")
+    data = DataSpec(data) if isinstance(data, str) else (data or DataSpec())
+    source = open_data(data) if data.kind != "shapes" else None
+    if (t5 is None) != (clip is None):
+        raise ValueError("t5, clip: give both frozen encoders (folders or Hub ids), or neither (the run trains its mini encoders)")
+    cache = EmbeddingCache(embeddings) if embeddings else None
+    if cache is not None and source is None:
+        raise ValueError("embeddings: a cache is made from a dataset on disk (--data DIR or shards); Shapes World is encoded on the fly")
+    if cfg.grounding > 0 and source is not None:
+        raise ValueError("grounding: the token-grounding loss needs each object's mask, which only Shapes World provides; leave --grounding at 0 with --data")
     dev = torch.device(pick_device(device))
+    ranks = Ranks.from_env(dev.type, ddp_timeout)  # under torchrun: joins the process group (writes nothing)
+    ranks.per_rank(cfg.batch_size)
+    dev = ranks.device(dev)
+    enc = _frozen_encoders(t5, clip, dev, cache, cfg) if t5 else None
+    have_encoders = (out / "t5" / "config.json").exists() and (out / "clip" / "open_clip_config.json").exists()
+    if cache is not None and enc is None:
+        if not have_encoders or stage in ("encoders", "all") and not resume:
+            raise ValueError("embeddings: a cache fits the encoders it was made with; this run would train new ones. "
+                             "Give --t5 and --clip, or train the 'encoders' stage first and embed with them")
+        from .embed import encoder_fingerprint
+
+        cache.check(encoder_fingerprint(out / "t5", out / "clip"), {"t5": str(out / "t5"), "clip": str(out / "clip")}, cfg.base_resolution, cfg.sr_resolution)
+    if not ranks.is_main:
+        log = _quiet
     torch.set_num_threads(cfg.threads)
     if dev.type == "cuda":  # TF32 matmuls and convolutions: fp32 training at tensor-core speed
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "_train").mkdir(exist_ok=True)
-    (out / "_train" / "preset.json").write_text(json.dumps({"preset": preset, **asdict(cfg)}, indent=1))
-    have_encoders = (out / "t5" / "config.json").exists() and (out / "clip" / "open_clip_config.json").exists()
-    if stage == "encoders" or (stage == "all" and not (resume and have_encoders)):
-        from .encoders import train_mini
+    if ranks.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "_train").mkdir(exist_ok=True)
+        (out / "_train" / "preset.json").write_text(json.dumps({"preset": preset, **asdict(cfg)}, indent=1))
+    if enc is None and (stage == "encoders" or (stage == "all" and not (resume and have_encoders))):
+        if ranks.is_main:
+            from .encoders import train_mini
 
-        small = {"steps": 2, "batch_size": 8, "n_scenes": 64} if cfg.toy_encoders else {}
-        train_mini.train_mini_t5(out / "t5", seed=cfg.seed, log=log, **small)
-        train_mini.train_mini_clip(out / "clip", seed=cfg.seed, log=log, **small)
+            small = {"steps": 2, "batch_size": 8, "n_scenes": 64} if cfg.toy_encoders else {}
+            train_mini.train_mini_t5(out / "t5", seed=cfg.seed, log=log, **small)
+            train_mini.train_mini_clip(out / "clip", seed=cfg.seed, log=log, **small)
+        ranks.barrier()
     if stage == "encoders":
         return
-    enc = load_training_encoders(out, dev)
-    log(f"training on {_device_name(dev)}")
+    if enc is None:
+        enc = CachedEncoders(cache, {"t5": "t5", "clip": "clip"}) if cache is not None else load_training_encoders(out, dev)
+    feed = Feed(source, cache, ranks)
+    log(f"training on {_device_name(dev)}" + (f", {ranks.world} ranks: global batch {cfg.batch_size} ({ranks.per_rank(cfg.batch_size)} per rank), lr {cfg.lr:g} (not rescaled)" if ranks.active else ""))
+    encoders = _encoders_record(enc, cache, t5, clip)
+    record = run_record(preset, stage, cfg, settings, data, encoders, ranks, _device_name(dev))
+    start = feed.record()  # a collective: on every rank
+    if ranks.is_main:
+        write_run_record(out, record | {"data": start or record["data"]})
     deadline = time.time() + 60 * minutes if minutes is not None else math.inf
     jobs: list[Job] = []
     if stage in ("base", "all"):
@@ -467,13 +532,52 @@ def run(preset: str, stage: str, out: Path, resume: bool = False, overrides: dic
     if stage in ("experts", "all"):
         jobs.append(baseline_job(cfg))
     for k, job in enumerate(jobs):
-        if time.time() >= deadline:
+        if ranks.any(time.time() >= deadline, dev):
             log(f"time budget spent; not started: {', '.join(j.name for j in jobs[k:])}")
             break
-        train_job(job, out, enc, cfg, resume=resume, log=log, device=dev, deadline=deadline)
-        write_model_index(out, cfg)
-    if jobs:
-        plot_losses(out)
+        with ranks.guard(lambda: feed.rescue()):
+            train_job(job, out, enc, cfg, resume=resume, log=log, device=dev, deadline=deadline, feed=feed)
+        if ranks.is_main:
+            write_model_index(out, cfg, encoders={"t5": _index_path(t5), "clip": _index_path(clip)} if t5 else None)
+    final = feed.record()
+    if final is not None and final["skipped"]["count"]:
+        log(f"skipped {final['skipped']['count']} bad samples of {data.spec}, e.g. " + "; ".join(f"{s['key']}: {s['reason']}" for s in final["skipped"]["first"][:3]))
+    if ranks.is_main:
+        write_run_record(out, record | {"data": final or record["data"]})
+        if jobs:
+            plot_losses(out)
+    ranks.close()
+
+
+def _quiet(message: str) -> None:
+    """The log of ranks other than 0."""
+
+
+def _frozen_encoders(t5: str, clip: str, device: torch.device, cache, cfg: TrainConfig):
+    """``--t5``/``--clip``: loaded now (before anything is written); errors name the flag.
+    With a cache only their fingerprint is needed, so the weights are not loaded."""
+    from .embed import encoder_fingerprint, encoder_folders, load_encoder_set
+    from .embed_cache import CachedEncoders
+
+    folders = encoder_folders(t5, clip)
+    if cache is not None:
+        cache.check(encoder_fingerprint(folders["t5"], folders["clip"]), {"t5": t5, "clip": clip}, cfg.base_resolution, cfg.sr_resolution)
+        return CachedEncoders(cache, {"t5": _index_path(t5), "clip": _index_path(clip)})
+    return load_encoder_set(t5, clip, device)
+
+
+def _encoders_record(enc, cache, t5: str | None, clip: str | None) -> dict:
+    """Which encoders a run conditions on, and their fingerprint; where the embeddings come from."""
+    if cache is not None:
+        rec = {"t5": t5 or cache.index["encoders"]["t5"], "clip": clip or cache.index["encoders"]["clip"], "fingerprint": cache.fingerprint}
+        return rec | {"embeddings": str(cache.folder)}
+    return {"t5": t5 or "t5", "clip": clip or "clip", "fingerprint": enc.fingerprint(), "embeddings": None}
+
+
+def _index_path(value: str) -> str:
+    """How a model index names an encoder outside the run folder: an absolute path, or the Hub id."""
+    p = Path(value).expanduser()
+    return str(p.resolve()) if p.is_dir() else value
 
 
 def plot_losses(out: Path, dest: Path | None = None) -> Path:

@@ -23,3 +23,21 @@ def tiny_pipe(tiny_model):
     from ediff_core.pipeline import EDiffPipeline
 
     return EDiffPipeline.from_pretrained(tiny_model)
+
+
+@pytest.fixture
+def encoders_run_at(tiny_model):
+    """Makes run folders holding the tiny model's t5/ and clip/, as `train --stage base` expects."""
+    import shutil
+
+    def make(run_dir):
+        for name in ("t5", "clip"):
+            shutil.copytree(tiny_model / name, run_dir / name)
+        return run_dir
+
+    return make
+
+
+@pytest.fixture
+def encoders_run(encoders_run_at, tmp_path):
+    return encoders_run_at(tmp_path / "run")

@@ -20,7 +20,8 @@ from ediff_core.grounding_attention import GroundingAttnProcessor, install_groun
 from ediff_core.loss import EDMLoss
 from ediff_core.model_folder import default_model_path
 from ediff_core.networks import build_unet, denoiser
-from ediff_core.training import PRESETS, ShapesStream, _conditioning, _lr, batches, load_training_encoders, run
+from ediff_core.feed import Feed
+from ediff_core.training import PRESETS, ShapesStream, _lr, batches, load_training_encoders, run
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +211,7 @@ def test_w0_is_todays_training_step_bit_for_bit_and_w_changes_it(tiny_model, tmp
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed * 1000)
     batch = next(iter(batches(cfg, cfg.seed * 100003)))
-    cond = _conditioning(enc, batch, cfg, gen)
+    cond = Feed().conditioning(enc, batch, cfg, gen)
     for g in opt.param_groups:
         g["lr"] = _lr(cfg, 0)
     loss = EDMLoss()(denoiser(net), batch["base"], cond, gen).mean()
