@@ -70,6 +70,7 @@ def build_app(args: argparse.Namespace):
     from fastapi import FastAPI
 
     from demo.runner import Outputs
+    from demo.theme import page_options
     from demo.ui import create_demo
 
     auth = _pair(args.auth)
@@ -94,7 +95,7 @@ def build_app(args: argparse.Namespace):
     outputs = Outputs(args.outputs)
     atexit.register(outputs.cleanup)
     demo = create_demo(model, outputs)
-    app = gr.mount_gradio_app(app, demo, path="/", auth=auth, max_file_size=args.max_file_size, allowed_paths=[str(outputs.root)], footer_links=["api"])
+    app = gr.mount_gradio_app(app, demo, path="/", auth=auth, max_file_size=args.max_file_size, allowed_paths=[str(outputs.root)], footer_links=["api"], **page_options())
     # Gradio applies its own check on incoming FileData paths (only files in its upload folder are
     # accepted for a request) only once the Blocks "has launched"; mounting never sets that flag, so
     # without this line any server path (/dev/zero, /etc/passwd) was accepted as an uploaded image.

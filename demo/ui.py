@@ -4,34 +4,36 @@ The UI never holds weights: it calls a ``ModelLike`` — ``server.model.Model`` 
 ``demo.client.RemoteModel`` over HTTP. Named endpoints for ``gradio_client``: ``/generate``,
 ``/compare_encoders``, ``/style_transfer``, ``/paint_with_words``; images come back as PNG files
 with their settings embedded.
+
+Each tab follows the convention of text-to-image Spaces: the prompt with its button beside it
+(Enter submits), the result large beside (desktop) or under it (phone), the model's vocabulary as
+word chips with a notice naming words it does not know, examples that show their cached
+results, and every other setting folded into "Advanced settings". Looks: ``demo.theme``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from contextlib import closing
-from typing import Any
+from typing import Any, Callable
 
 import gradio as gr
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from ediff_core.ablation import MODE_LABELS
+from ediff_core.encoders.base import phrase_char_span
 from ediff_core.paint_with_words import PaintSpec
 from ediff_core.request import MAX_GUIDANCE, MAX_IMAGES, MAX_SEED, MAX_STEPS, RequestError
 from server.model import ModelLike
 from server.painting import PALETTE, hex_colour, parse_phrases, phrase_checked
 from server.uploads import read_uploaded_file
 
-from .runner import Outputs, build_request, run_single, user_errors
+from .examples import EXAMPLES, Example, ExampleCache, example_sketch, png_meta, reference_image
+from .runner import Outputs, build_request, run_single, schedule_rows, schedule_summary, user_errors
+from .words import Words
 
-EXAMPLES = [
-    "a red circle and two blue stars on old paper",
-    "two green hearts at night",
-    "a large yellow triangle above a small purple diamond",
-    "three pink squares in comic style",
-]
-LONG_EXAMPLE = "on a striped background, a large red circle at the top left is left of a small blue star at the top right, and a green heart sits at the bottom"
 N_OUT = 7  # gallery, files, schedule rows, schedule summary, metadata, attention, status
 
 
@@ -73,23 +75,62 @@ def named(component: Any, field: str) -> Any:
 
 
 class Context:
-    """What every tab needs: the model, the output folder, the model's default settings."""
+    """What every tab needs: the model, the output folder, the model's defaults, its vocabulary
+    and the cached results of the examples."""
 
     def __init__(self, model: ModelLike, outputs: Outputs):
         self.model, self.outputs = model, outputs
         self.info = model.info()
         self.defaults = self.info.get("defaults", {})
+        self.name = self.info.get("name", "the model")
+        self.words = Words(model, self.name)
+        self.examples = ExampleCache(model, outputs).prepare()
+
+    def cached(self, ex: Example) -> tuple:
+        """The result panel's outputs for an example, read from its cached PNG: no model run."""
+        paths = self.examples.paths(ex)
+        metas = [png_meta(p) for p in paths]
+        meta = metas[0]
+        took = meta.get("timings", {}).get("total")
+        status = f"Example result, cached ({self.examples.source}, made in {took:.2f} s): no model run."
+        gallery = [(p, f"seed {m.get('seed')}") for p, m in zip(paths, metas)]
+        return (gallery, paths, schedule_rows(meta), schedule_summary(meta), json.dumps(metas, indent=1, default=str), [], status)
 
 
-def _settings(ctx: Context, encoders: bool = True) -> dict[str, gr.components.Component]:
-    """Negative prompt, seed with a randomize button, steps, guidance, sampler (and encoders)."""
+# ---- building blocks shared by the tabs ---------------------------------------------------------
+
+
+def _prompt_row(prefix: str, value: str, button_label: str, max_lines: int = 4) -> tuple[gr.Textbox, gr.Button]:
+    """The prompt with its button beside it; Enter submits (Shift+Enter is a new line)."""
+    with gr.Row(equal_height=True, elem_classes=["ediff-prompt-row", "ediff-first"]):
+        prompt = gr.Textbox(label="Prompt", show_label=False, container=False, value=value, placeholder="Describe the picture with the words below", lines=1, max_lines=max_lines, scale=5, min_width=180, elem_id=f"{prefix}-prompt", elem_classes="ediff-prompt")
+        button = gr.Button(button_label, variant="primary", scale=1, min_width=96, elem_id=f"{prefix}-generate")
+    return prompt, button
+
+
+def _words(ctx: Context, prompt: gr.Textbox, prefix: str) -> None:
+    """The unknown-word notice under the prompt, and the vocabulary chips (``demo.words``)."""
+    notice = gr.Markdown(ctx.words.notice(prompt.value or ""), elem_id=f"{prefix}-notice", elem_classes=["ediff-notice", "ediff-first"])
+    if ctx.words.checks:
+        prompt.change(ctx.words.notice, prompt, notice, api_visibility="private", show_progress="hidden", queue=False, trigger_mode="always_last")
+    with gr.Accordion("Shapes World words: click one to add it", open=True, elem_id=f"{prefix}-words", elem_classes="ediff-words"):
+        gr.HTML(Words.chips_html())
+
+
+def _seed(ex: Example) -> gr.components.Component:
+    """Seed and its dice button on one row."""
+    with gr.Row(equal_height=True):
+        seed = named(Number(label="Seed", value=ex.seed, precision=0, minimum=0, maximum=MAX_SEED, scale=4, min_width=120), "seed")
+        dice = gr.Button("🎲 Random", scale=1, min_width=90, size="sm")
+    dice.click(lambda: random.randint(0, 2**31 - 1), outputs=seed, api_visibility="private")
+    return seed
+
+
+def _advanced(ctx: Context, encoders: bool = True) -> dict[str, gr.components.Component]:
+    """Negative prompt, steps, guidance, sampler (and encoders), folded away."""
     d = ctx.defaults
     out: dict[str, Any] = {}
     out["negative_prompt"] = gr.Textbox(label="Negative prompt", value="", placeholder="optional")
-    with gr.Row():
-        out["seed"] = named(Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED, scale=3), "seed")
-        dice = gr.Button("Random seed", scale=1, size="sm")
-    dice.click(lambda: random.randint(0, 2**31 - 1), outputs=out["seed"], api_visibility="private")
     out["steps"] = named(Slider(1, MAX_STEPS, value=d.get("steps", 25), step=1, label="Steps"), "steps")
     out["guidance"] = named(Slider(0.0, min(MAX_GUIDANCE, 20.0), value=d.get("guidance", 3.0), step=0.5, label="Guidance (1 = off)"), "guidance")
     out["sampler"] = gr.Dropdown(["dpmpp_2m", "heun", "euler"], value=d.get("sampler", "dpmpp_2m"), label="Sampler")
@@ -98,19 +139,51 @@ def _settings(ctx: Context, encoders: bool = True) -> dict[str, gr.components.Co
     return out
 
 
-def _result_panel(prefix: str, show_attention: bool = True) -> list[gr.components.Component]:
-    """Gallery, PNG downloads, σ schedule / experts panel, metadata, attention maps, status."""
-    status = gr.Markdown("", elem_id=f"{prefix}-status")
-    gallery = gr.Gallery(label="Images", columns=4, height=300, object_fit="contain", elem_id=f"{prefix}-gallery")
-    files = gr.File(label="PNG files with embedded settings", file_count="multiple", interactive=False, elem_id=f"{prefix}-files")
-    with gr.Accordion("σ schedule and the expert at each step", open=True):
-        summary = gr.Markdown()
-        schedule = gr.Dataframe(headers=["stage", "step", "sigma", "expert"], datatype=["str", "number", "number", "str"], interactive=False, max_height=240)
-    with gr.Accordion("Attention maps", open=True, visible=show_attention):
-        attention = gr.Gallery(label="Cross-attention per word", columns=6, height=200)
+def _result_panel(ctx: Context, prefix: str, ex: Example, show_attention: bool = True) -> list[gr.components.Component]:
+    """Status (progress, time taken), the result as whole squares, PNG downloads, σ schedule /
+    experts, attention maps, metadata; opens on the cached result of the tab's first example."""
+    first = ctx.cached(ex)
+    status = gr.Markdown(first[6], elem_id=f"{prefix}-status", elem_classes="ediff-status")
+    gallery = gr.Gallery(first[0], label="Result", columns=2, object_fit="contain", format="png", buttons=["download", "fullscreen"], elem_id=f"{prefix}-gallery", elem_classes="ediff-result")
+    files = gr.File(first[1], label="PNG files with embedded settings", file_count="multiple", interactive=False, elem_id=f"{prefix}-files")
+    with gr.Accordion("σ schedule and the expert at each step", open=False):
+        summary = gr.Markdown(first[3])
+        schedule = gr.Dataframe(first[2], headers=["stage", "step", "sigma", "expert"], datatype=["str", "number", "number", "str"], interactive=False, max_height=240)
+    with gr.Accordion("Attention maps", open=False, visible=show_attention):
+        attention = gr.Gallery(label="Cross-attention per word", columns=6, object_fit="contain", elem_classes="ediff-attention")
     with gr.Accordion("Metadata (JSON)", open=False):
-        meta = gr.Code(language="json")
+        meta = gr.Code(first[4], language="json")
     return [gallery, files, schedule, summary, meta, attention, status]
+
+
+def _field_errors(check: Callable[..., Any], fields: list[str | None]) -> Callable[..., list[dict]]:
+    """A Gradio validator: runs ``check`` on the event's inputs before the event is queued; a
+    ``RequestError`` naming one of ``fields`` (the inputs' parameter names, in order) is shown
+    under that input. Other errors are left to the event itself (a toast, as before)."""
+
+    def validator(*values: Any) -> list[dict]:
+        message, bad = "", None
+        try:
+            check(*values)
+        except RequestError as e:
+            if e.field in fields:
+                message, bad = str(e), e.field
+        return [gr.validate(bad is None or name != bad, message if bad is not None and name == bad else "") for name in fields]
+
+    return validator
+
+
+def _wire(button: gr.Button, prompt: gr.Textbox, fn: Callable, inputs: list, outputs: list, api_name: str, validator: Callable) -> None:
+    """The button and Enter in the prompt run ``fn`` with field errors shown under their inputs.
+
+    The named endpoint for ``gradio_client`` is the same function on the same inputs, bound to a
+    hidden button without the validator: Gradio runs a validator on preprocessed inputs, and an
+    out-of-range ``Slider``/``Number`` there would come back as a bare HTTP 400 instead of the
+    ``gr.Error`` naming the field.
+    """
+    gr.Button(visible=False).click(fn, inputs, outputs, api_name=api_name)  # first: it keeps the name
+    button.click(fn, inputs, outputs, api_visibility="private", validator=validator)
+    prompt.submit(fn, inputs, outputs, api_visibility="private", validator=validator)
 
 
 def _stream(outs):
@@ -124,17 +197,51 @@ def _stream(outs):
             yield out if len(out) == N_OUT else (*[gr.skip()] * (N_OUT - 1), out[0])
 
 
+def _examples(ctx: Context, tab: str, inputs: list, outputs: list, values: Callable[[Example], list], show: Callable[[Example], tuple]) -> None:
+    """The tab's examples, each with its cached result as a thumbnail; a click loads the example's
+    inputs and shows its cached result (``show``), without running the model."""
+    exs = EXAMPLES[tab]
+    thumb = gr.Image(type="filepath", label="Result", visible=False, elem_classes="ediff-result")
+
+    def pick(*row: Any) -> tuple:
+        for ex in exs:
+            if list(values(ex)) == _comparable(row[1:], values(ex)):
+                return show(ex)
+        return show(exs[0])
+
+    gr.Examples([[ctx.examples.paths(ex)[-1], *values(ex)] for ex in exs], inputs=[thumb, *inputs], outputs=outputs, fn=pick, run_on_click=True, cache_examples=False,
+                api_visibility="private", label="Examples: click one to see its result (cached, no model run)", elem_id=f"{tab}-examples")
+
+
+def _comparable(got: tuple, want: list) -> list:
+    """Example values as the event received them (numbers as floats, files as copied paths)."""
+    out = []
+    for g, w in zip(got, want):
+        if isinstance(w, int) and isinstance(g, (int, float)):
+            g = int(g)
+        elif isinstance(w, str) and isinstance(g, str) and w.endswith(".png"):
+            g = w if g.endswith("/" + w.rsplit("/", 1)[-1]) else g
+        out.append(g)
+    return out
+
+
+# ---- the tabs -----------------------------------------------------------------------------------
+
+
 def create_text_to_image_tab(ctx: Context) -> None:
-    with gr.Row():
-        with gr.Column(scale=2):
-            prompt = gr.Textbox(label="Prompt", lines=2, placeholder=EXAMPLES[0], elem_id="t2i-prompt")
-            s = _settings(ctx)
-            num_images = named(Slider(1, MAX_IMAGES, value=1, step=1, label="Images"), "num_images")
-            attention_maps = gr.Checkbox(label="Show attention maps", value=False)
-            button = gr.Button("Generate", variant="primary", elem_id="t2i-generate")
-            gr.Examples([[p, k] for k, p in enumerate(EXAMPLES)], inputs=[prompt, s["seed"]])
-        with gr.Column(scale=3):
-            outs = _result_panel("t2i")
+    ex = EXAMPLES["t2i"][0]
+    with gr.Row(elem_classes="ediff-tab-row"):
+        with gr.Column(scale=2, min_width=320, elem_classes="ediff-controls"):
+            prompt, button = _prompt_row("t2i", ex.prompt, "Generate")
+            _words(ctx, prompt, "t2i")
+            seed = _seed(ex)
+            with gr.Accordion("Advanced settings", open=False):
+                s = _advanced(ctx)
+                num_images = named(Slider(1, MAX_IMAGES, value=1, step=1, label="Images"), "num_images")
+                attention_maps = gr.Checkbox(label="Show attention maps", value=False)
+        with gr.Column(scale=3, min_width=320, elem_classes="ediff-results"):
+            outs = _result_panel(ctx, "t2i", ex)
+    _examples(ctx, "t2i", [prompt, seed], outs, lambda e: [e.prompt, e.seed], ctx.cached)
 
     def generate(prompt: str, negative_prompt: str, seed: float, steps: float, guidance: float, sampler: str, encoders: str, num_images: float, attention_maps: bool, progress: gr.Progress = gr.Progress()):
         """Text to image through the full cascade."""
@@ -145,24 +252,32 @@ def create_text_to_image_tab(ctx: Context) -> None:
 
         yield from _stream(run_single(start, ctx.outputs, progress, "t2i"))
 
-    inputs = [prompt, s["negative_prompt"], s["seed"], s["steps"], s["guidance"], s["sampler"], s["encoders"], num_images, attention_maps]
-    button.click(generate, inputs, outs, api_name="generate")
-    prompt.submit(generate, inputs, outs, api_visibility="private")
+    inputs = [prompt, s["negative_prompt"], seed, s["steps"], s["guidance"], s["sampler"], s["encoders"], num_images, attention_maps]
+    names = ["prompt", "negative_prompt", "seed", "steps", "guidance", "sampler", "encoders", "num_images", None]
+    check = _field_errors(lambda *v: build_request(*v[:8]).validate(), names)
+    _wire(button, prompt, generate, inputs, outs, "generate", check)
 
 
 def create_encoders_tab(ctx: Context) -> None:
-    gr.Markdown("The same prompt and seed with **CLIP only**, **T5 only** and **both** text encoders (§5.2). T5 helps most on long, detailed prompts.")
+    ex = EXAMPLES["encoders"][0]
+    # The three results side by side across the page (each a whole square, ≥ 384 px at 1366 px
+    # wide; stacked full-width on a phone), the settings under them.
+    prompt, button = _prompt_row("enc", ex.prompt, "Compare", max_lines=6)
+    first = ctx.examples.paths(ex)
+    status = gr.Markdown(ctx.cached(ex)[6], elem_id="enc-status", elem_classes="ediff-status")
+    with gr.Row(elem_classes="ediff-compare"):
+        images = [gr.Image(first[k], label=MODE_LABELS[m], type="filepath", format="png", interactive=False, min_width=280, buttons=["download", "fullscreen"], elem_id=f"enc-{m}", elem_classes=["ediff-result", "ediff-image"]) for k, m in enumerate(("clip", "t5", "both"))]
     with gr.Row():
-        with gr.Column(scale=2):
-            prompt = gr.Textbox(label="Prompt", lines=3, value=LONG_EXAMPLE)
-            s = _settings(ctx, encoders=False)
-            button = gr.Button("Compare encoders", variant="primary")
-            gr.Examples([[LONG_EXAMPLE], [EXAMPLES[0]]], inputs=[prompt])
-        with gr.Column(scale=3):
-            status = gr.Markdown("")
-            with gr.Row():
-                images = [gr.Image(label=MODE_LABELS[m], type="filepath", format="png", interactive=False) for m in ("clip", "t5", "both")]
-            files = gr.File(label="PNG files with embedded settings", file_count="multiple", interactive=False)
+        with gr.Column(scale=1, min_width=320):
+            gr.Markdown("One prompt and seed through **CLIP only**, **T5 only** and **both** text encoders (§5.2): T5 carries ediff-mini's alignment.")
+            _words(ctx, prompt, "enc")
+            seed = _seed(ex)
+            with gr.Accordion("Advanced settings", open=False):
+                s = _advanced(ctx, encoders=False)
+        with gr.Column(scale=1, min_width=320):
+            files = gr.File(first, label="PNG files with embedded settings", file_count="multiple", interactive=False, elem_id="enc-files")
+    outs = [*images, files, status]
+    _examples(ctx, "encoders", [prompt, seed], outs, lambda e: [e.prompt, e.seed], lambda e: (*ctx.examples.paths(e), ctx.examples.paths(e), ctx.cached(e)[6]))
 
     def compare_encoders(prompt: str, negative_prompt: str, seed: float, steps: float, guidance: float, sampler: str, progress: gr.Progress = gr.Progress()):
         """CLIP only, T5 only and both encoders on one seed, side by side."""
@@ -177,42 +292,39 @@ def create_encoders_tab(ctx: Context) -> None:
                     if hasattr(event, "done"):
                         done[mode] = event.done
                         total = event.total * len(modes)
-                        progress((sum(done.values()), total), desc="comparing encoders")
+                        progress((sum(done.values()), total), desc=f"{MODE_LABELS[mode]}: {event.stage} step {event.step + 1}/{event.steps} · expert {event.expert}")
                         yield (*[gr.skip()] * 4, f"{MODE_LABELS[mode]}: {event.stage} step {event.step + 1}/{event.steps} · expert **{event.expert}**")
                     else:
                         results[mode] = event
             finally:
                 events.close()
         paths = {m: ctx.outputs.save(results[m], f"encoders_{m}")[0] for m in modes}
-        yield (*[paths[m] for m in modes], [paths[m] for m in modes], "done: " + " · ".join(f"{MODE_LABELS[m]}" for m in modes))
+        took = sum(results[m].timings.get("total", 0) for m in modes)
+        yield (*[paths[m] for m in modes], [paths[m] for m in modes], f"done in {took:.2f} s: " + " · ".join(f"{MODE_LABELS[m]}" for m in modes))
 
-    inputs = [prompt, s["negative_prompt"], s["seed"], s["steps"], s["guidance"], s["sampler"]]
-    button.click(compare_encoders, inputs, [*images, files, status], api_name="compare_encoders")
-
-
-def _reference_examples(ctx: Context) -> list[str]:
-    """Shapes World renders in three styles: reference images that work with the shipped model."""
-    from ediff_core.data.shapes_world import make_scene, render
-
-    refs = []
-    for style, objs in (("night", [("star", "yellow", "large", 0.3, 0.3)]), ("comic", [("circle", "red", "large", 0.5, 0.5)]), ("striped", [("square", "blue", "small", 0.7, 0.6)])):
-        refs.append(ctx.outputs.save_example(render(make_scene(objs, style=style), 256), f"reference_{style}.png"))
-    return refs
+    inputs = [prompt, s["negative_prompt"], seed, s["steps"], s["guidance"], s["sampler"]]
+    check = _field_errors(lambda *v: build_request(*v, "both", 1).validate(), ["prompt", "negative_prompt", "seed", "steps", "guidance", "sampler"])
+    _wire(button, prompt, compare_encoders, inputs, outs, "compare_encoders", check)
 
 
 def create_style_tab(ctx: Context) -> None:
-    gr.Markdown("Condition on the CLIP image embedding of a reference image (§5.3): its background style carries over.")
-    with gr.Row():
-        with gr.Column(scale=2):
-            prompt = gr.Textbox(label="Prompt", lines=2, value="two green hearts")
-            reference = gr.File(label="Reference image (PNG, JPEG, WebP)", file_types=["image"], type="filepath")
-            preview = gr.Image(label="Reference", interactive=False, height=160)
+    ex = EXAMPLES["style"][0]
+    refs = {e.reference: ctx.outputs.save_example(reference_image(e.reference), f"reference_{e.reference}.png") for e in EXAMPLES["style"]}
+    with gr.Row(elem_classes="ediff-tab-row"):
+        with gr.Column(scale=2, min_width=320, elem_classes="ediff-controls"):
+            prompt, button = _prompt_row("style", ex.prompt, "Generate")
+            _words(ctx, prompt, "style")
+            gr.Markdown("Conditions on the CLIP image embedding of a reference image (§5.3): its background style carries over.")
+            with gr.Row(equal_height=True):
+                reference = gr.File(refs[ex.reference], label="Reference image (PNG, JPEG, WebP)", file_types=["image"], type="filepath", elem_id="style-reference", min_width=160)
+                preview = gr.Image(refs[ex.reference], label="Reference", interactive=False, height=160, min_width=120, elem_classes="ediff-result")
             strength = named(Slider(0.0, 3.0, value=1.0, step=0.1, label="Style strength"), "style_strength")
-            s = _settings(ctx)
-            button = gr.Button("Generate with style", variant="primary")
-            gr.Examples([[r] for r in _reference_examples(ctx)], inputs=[reference])
-        with gr.Column(scale=3):
-            outs = _result_panel("style", show_attention=False)
+            seed = _seed(ex)
+            with gr.Accordion("Advanced settings", open=False):
+                s = _advanced(ctx)
+        with gr.Column(scale=3, min_width=320, elem_classes="ediff-results"):
+            outs = _result_panel(ctx, "style", ex, show_attention=False)
+    _examples(ctx, "style", [reference, prompt, seed], outs, lambda e: [refs[e.reference], e.prompt, e.seed], ctx.cached)
 
     def show_reference(path: str | None):
         if not path:
@@ -232,17 +344,14 @@ def create_style_tab(ctx: Context) -> None:
 
         yield from _stream(run_single(start, ctx.outputs, progress, "style"))
 
-    inputs = [prompt, reference, strength, s["negative_prompt"], s["seed"], s["steps"], s["guidance"], s["sampler"], s["encoders"]]
-    button.click(style_transfer, inputs, outs, api_name="style_transfer")
+    def check(prompt, style_image, style_strength, negative_prompt, seed, steps, guidance, sampler, encoders):
+        build_request(prompt, negative_prompt, seed, steps, guidance, sampler, encoders, 1).validate()
+        if not style_image:
+            raise RequestError("style_image", "choose a reference image (or an example below)")
 
-
-def example_sketch(size: int = 256) -> Image.Image:
-    """A red blob on the left and a blue blob on the right: for 'a red circle and a blue star'."""
-    img = Image.new("RGB", (size, size), "white")
-    d = ImageDraw.Draw(img)
-    d.ellipse((size * 0.1, size * 0.3, size * 0.45, size * 0.65), fill=PALETTE["red"])
-    d.rectangle((size * 0.6, size * 0.35, size * 0.9, size * 0.65), fill=PALETTE["blue"])
-    return img
+    inputs = [prompt, reference, strength, s["negative_prompt"], seed, s["steps"], s["guidance"], s["sampler"], s["encoders"]]
+    validator = _field_errors(check, ["prompt", "style_image", "style_strength", "negative_prompt", "seed", "steps", "guidance", "sampler", "encoders"])
+    _wire(button, prompt, style_transfer, inputs, outs, "style_transfer", validator)
 
 
 def _mapping_rows(phrases: dict[str, str] | None = None) -> list[list[Any]]:
@@ -279,34 +388,43 @@ def mapping_from_rows(rows: Any) -> dict[str, str]:
     return parse_phrases(out)
 
 
+def _editor_value(sketch: Image.Image | None) -> dict:
+    return {"background": sketch or Image.new("RGB", (256, 256), "white"), "layers": [], "composite": None}
+
+
 def create_paint_tab(ctx: Context) -> None:
-    gr.Markdown("Paint regions with the palette brushes, map each colour to a phrase of the prompt, and generate (§4.3).")
-    with gr.Row():
-        with gr.Column(scale=2):
-            prompt = gr.Textbox(label="Prompt", lines=2, value="a red circle and a blue star", elem_id="pww-prompt")
-            white = Image.new("RGB", (256, 256), "white")
+    ex = EXAMPLES["paint"][0]
+    with gr.Row(elem_classes="ediff-tab-row"):
+        with gr.Column(scale=2, min_width=320, elem_classes="ediff-controls"):
+            prompt, button = _prompt_row("pww", ex.prompt, "Paint")
+            _words(ctx, prompt, "pww")
+            gr.Markdown("Paint regions with the palette brushes, map each colour to a phrase of the prompt, and generate (§4.3).")
             editor = gr.ImageEditor(
-                value={"background": white, "layers": [], "composite": None},
+                value=_editor_value(example_sketch()),
                 type="pil", image_mode="RGBA", format="png", canvas_size=(256, 256), height=360, sources=(), layers=False, transforms=(),
                 brush=gr.Brush(colors=[hex_colour(c) for c in PALETTE.values()], color_mode="fixed", default_size=18),
                 label="Sketch", elem_id="pww-editor",
             )
-            mapping = gr.Dataframe(value=_mapping_rows(), headers=["colour", "phrase", "strength"], datatype=["str", "str", "number"], type="array", interactive=True, static_columns=[0], label="Colour → phrase of the prompt", elem_id="pww-mapping")
+            mapping = gr.Dataframe(value=phrases_from_prompt(ex.prompt), headers=["colour", "phrase", "strength"], datatype=["str", "str", "number"], type="array", interactive=True, static_columns=[0], label="Colour → phrase of the prompt", elem_id="pww-mapping")
             with gr.Row():
                 fill = gr.Button("Fill phrases from the prompt", size="sm")
                 load = gr.Button("Load example sketch", size="sm")
+                clear = gr.Button("Blank canvas", size="sm", elem_id="pww-clear")
             weight = named(Slider(0.0, 2.0, value=0.4, step=0.05, label="Paint strength w′"), "pww_weight")
-            s = _settings(ctx, encoders=False)
-            button = gr.Button("Paint", variant="primary", elem_id="pww-generate")
+            seed = _seed(ex)
+            with gr.Accordion("Advanced settings", open=False):
+                s = _advanced(ctx, encoders=False)
             # API-only inputs: a sketch file and a colour → phrase map (JSON or '#RRGGBB=words' lines).
             sketch_file = gr.File(visible=False, type="filepath")
             phrases_text = gr.Textbox(value="", visible=False)
             api_button = gr.Button(visible=False)
-        with gr.Column(scale=3):
-            outs = _result_panel("pww", show_attention=False)
+        with gr.Column(scale=3, min_width=320, elem_classes="ediff-results"):
+            outs = _result_panel(ctx, "pww", ex, show_attention=False)
+    _examples(ctx, "paint", [prompt, seed], [editor, mapping, *outs], lambda e: [e.prompt, e.seed], lambda e: (_editor_value(example_sketch()), phrases_from_prompt(e.prompt), *ctx.cached(e)))
 
     fill.click(phrases_from_prompt, prompt, mapping, api_visibility="private")
-    load.click(lambda: ({"background": example_sketch(), "layers": [], "composite": None}, "a red circle and a blue star", phrases_from_prompt("a red circle and a blue star")), outputs=[editor, prompt, mapping], api_visibility="private")
+    load.click(lambda p: (_editor_value(example_sketch()), ex.prompt, phrases_from_prompt(ex.prompt)), prompt, [editor, prompt, mapping], api_visibility="private")
+    clear.click(lambda: (_editor_value(None), _mapping_rows()), outputs=[editor, mapping], api_visibility="private")
 
     def run(prompt, sketch_fn, phrases_fn, weight, negative_prompt, seed, steps, guidance, sampler, progress):
         def start():
@@ -334,17 +452,52 @@ def create_paint_tab(ctx: Context) -> None:
         """Paint with words from a sketch file and '{"#RRGGBB": "phrase"}' (or '#RRGGBB=phrase' lines)."""
         yield from run(prompt, lambda: read_uploaded_file(sketch, "sketch"), lambda: parse_phrases(phrases or ""), pww_weight, negative_prompt, seed, steps, guidance, sampler, progress)
 
-    rest = [s["negative_prompt"], s["seed"], s["steps"], s["guidance"], s["sampler"]]
-    button.click(paint_ui, [prompt, editor, mapping, weight, *rest], outs, api_visibility="private")
+    def check(prompt, editor, mapping, pww_weight, negative_prompt, seed, steps, guidance, sampler):
+        build_request(prompt, negative_prompt, seed, steps, guidance, sampler, "both", 1).validate()
+        phrases = mapping_from_rows(mapping)
+        if not phrases:
+            raise RequestError("phrases", "map at least one brush colour to a phrase of the prompt")
+        for phrase in phrases.values():
+            if phrase_char_span(prompt, phrase.split("@")[0]) is None:
+                raise RequestError("phrases", f"phrase '{phrase.split('@')[0]}' is not in the prompt '{prompt}'")
+
+    rest = [s["negative_prompt"], seed, s["steps"], s["guidance"], s["sampler"]]
+    validator = _field_errors(check, ["prompt", None, "phrases", "pww_weight", "negative_prompt", "seed", "steps", "guidance", "sampler"])
+    button.click(paint_ui, [prompt, editor, mapping, weight, *rest], outs, api_visibility="private", validator=validator)
+    prompt.submit(paint_ui, [prompt, editor, mapping, weight, *rest], outs, api_visibility="private", validator=validator)
     api_button.click(paint_with_words, [prompt, sketch_file, phrases_text, weight, *rest], outs, api_name="paint_with_words")
 
 
+# ---- the page -----------------------------------------------------------------------------------
+
+INTRO = (
+    "**eDiff-I** is NVIDIA's text-to-image diffusion model whose denoiser is an ensemble of experts, one per range of noise levels. "
+    "This demo runs **{name}**, a small eDiff-I trained from scratch on *Shapes World*, a world of coloured shapes: it knows only its words."
+)
+
+
+def _about(ctx: Context) -> None:
+    """The model's details, folded: stages, the base experts with their σ intervals, encoders."""
+    info = ctx.info
+    rows = ["| expert | σ from | σ to | parameters |", "|---|---|---|---|"]
+    for e in info.get("experts", []):
+        hi = "∞" if e["sigma_max"] is None else format(e["sigma_max"], ".3g")
+        rows.append(f"| {e['name']} | {e['sigma_min']:.3g} | {hi} | {e.get('parameters', 0) / 1e6:.1f} M |")
+    enc = info.get("encoders", {})
+    encoders = ", ".join(f"{k} ({v.get('parameters', 0) / 1e6:.1f} M)" for k, v in enc.items())
+    with gr.Accordion("About the model", open=False, elem_id="about"):
+        gr.Markdown(
+            f"**{ctx.name}** makes {' → '.join(f'{r}×{r}' for r in info.get('resolutions', []))} images: a base stage of σ-routed experts (§4.1) and super-resolution. "
+            f"Base experts, each denoising its σ interval:\n\n" + "\n".join(rows) + f"\n\nEncoders: {encoders}. Device: {info.get('device', '?')}, backend {info.get('backend', '?')}. "
+            "Its measured figures and how it was trained: the model card, `checkpoints/ediff-mini/README.md`."
+        )
+
+
 def create_demo(model: ModelLike, outputs: Outputs | None = None) -> gr.Blocks:
-    """All four tabs over one model."""
+    """All four tabs over one model (mount with ``demo.theme.page_options()`` for the looks)."""
     ctx = Context(model, outputs or Outputs())
-    experts = ", ".join(f"{e['name']} σ∈[{e['sigma_min']:.3g}, {'∞' if e['sigma_max'] is None else format(e['sigma_max'], '.3g')})" for e in ctx.info.get("experts", []))
-    with gr.Blocks(title="eDiff-I") as demo:
-        gr.Markdown(f"# eDiff-I · {ctx.info.get('name', 'model')}\nText-to-image with an ensemble of expert denoisers. Resolutions {ctx.info.get('resolutions')}; base experts: {experts}.")
+    with gr.Blocks(title=f"eDiff-I · {ctx.name}") as demo:
+        gr.Markdown(f"# eDiff-I · {ctx.name}\n" + INTRO.format(name=ctx.name), elem_classes="ediff-header")
         with gr.Tab("Text to image"):
             create_text_to_image_tab(ctx)
         with gr.Tab("Encoders"):
@@ -353,5 +506,6 @@ def create_demo(model: ModelLike, outputs: Outputs | None = None) -> gr.Blocks:
             create_style_tab(ctx)
         with gr.Tab("Paint with words"):
             create_paint_tab(ctx)
+        _about(ctx)
     demo.queue(default_concurrency_limit=None)
     return demo
