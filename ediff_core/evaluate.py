@@ -12,12 +12,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .eval.alignment import EVAL_KINDS, check_alignment, eval_prompts
+from .eval.alignment import EVAL_KINDS, TARGETS, check_alignment, eval_prompts
 from .pipeline import EDiffPipeline
 from .request import GenerationRequest
 
-# The targets, per category.
-TARGETS = {"single": 0.90, "multi": 0.70, "positions": 0.60, "heldout": 0.70}
 SUITES = ("alignment", "paint", "style", "paper")
 
 
@@ -71,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
         report["target"] = {"night": 0.8, "comic": 0.8}
         report["settings"] = {**request, "style_strength": strength}
     elif args.suite == "paper":
-        from .eval.paper import run_paper_suite
+        from .eval.paper_suite import run_paper_suite
         from .model_folder import default_model_path
 
         out = Path(args.out or "docs/results")

@@ -321,7 +321,7 @@ def attention_dynamics(s: Suite) -> dict:
 # ---- 5. held-out pairs ------------------------------------------------------------------------
 def heldout_compositions(s: Suite) -> dict:
     """Zero-shot composition: held-out colour–shape pairs against the seen objects of the same prompts."""
-    from ediff_core.evaluate import TARGETS
+    from ediff_core.eval.alignment import TARGETS
 
     items = eval_prompts("heldout", s.cfg.n_heldout, s.cfg.seed)
     held, seen, aligned, per_pair, imgs = [], [], [], {}, []
