@@ -307,13 +307,11 @@ def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bo
                 pe.lerp_(pn, 1 - decay)
         step += 1
         ranks.stop_if_signalled()  # torchrun's SIGTERM takes effect here, between steps
-        value = ranks.mean(loss.item(), x0.device)  # the global batch's loss
+        value = ranks.mean(loss.item(), x0.device)  # the global batch's losses (collectives: every rank)
+        grounding = [f"{ranks.mean(ground.item(), x0.device):.5f}"] if recorder else []
         running = value if running is None else 0.98 * running + 0.02 * value
         if writer is not None:
-            writer.writerow([step, f"{value:.5f}", f"{lr:.2e}", f"{time.time() - t0:.1f}"]
-                            + ([f"{ranks.mean(ground.item(), x0.device):.5f}"] if recorder else []))
-        elif recorder:
-            ranks.mean(ground.item(), x0.device)  # every rank joins the collective
+            writer.writerow([step, f"{value:.5f}", f"{lr:.2e}", f"{time.time() - t0:.1f}"] + grounding)
         bar.update(1)
         bar.set_postfix(loss=f"{running:.4f}")
         out_of_time = ranks.any(time.time() >= deadline, x0.device) if math.isfinite(deadline) else False
