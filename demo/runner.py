@@ -9,6 +9,7 @@ finally the outputs. Bad input becomes ``gr.Error`` naming the field; a full ser
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -22,7 +23,10 @@ from PIL import Image
 
 from ediff_core.pipeline import GenerationResult, Progress, save_png
 from ediff_core.request import GenerationRequest, RequestError
+from server.fairness import TooManyRequests
 from server.scheduler import Busy, Cancelled
+
+log = logging.getLogger("ediff.ui")
 
 KEEP_OUTPUTS_S = 3600  # generated PNGs are deleted after an hour
 KEEP_OUTPUTS_BYTES = 512 * 2**20  # and the oldest go first once the folder holds more than this
@@ -102,15 +106,23 @@ def _remove(f: Path) -> None:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turns library errors into messages for the user (and for gradio_client callers)."""
+    """Turns library errors into messages for the user (and for gradio_client callers).
+
+    A user's error is one log line, not a traceback (``print_exception=False``).
+    """
     try:
         yield
     except RequestError as e:
-        raise gr.Error(str(e), title="Invalid input") from None
+        log.info("refused: %s", e)
+        raise gr.Error(str(e), title="Invalid input", print_exception=False) from None
+    except TooManyRequests as e:
+        log.info("throttled: %s", e)
+        raise gr.Error(f"Too many requests from you at once; retry when one has finished. ({e})", title="Too many requests", print_exception=False) from None
     except Busy as e:
-        raise gr.Error(f"Server busy, retry later. ({e})", title="Busy") from None
+        log.info("busy: %s", e)
+        raise gr.Error(f"Server busy, retry later. ({e})", title="Busy", print_exception=False) from None
     except Cancelled as e:
-        raise gr.Error(f"Cancelled: {e}") from None
+        raise gr.Error(f"Cancelled: {e}", print_exception=False) from None
 
 
 def status_line(p: Progress) -> str:
