@@ -138,7 +138,7 @@ class Context:
         if request is None:
             return None
         host = request.client.host if request.client else None
-        return client_key(request.username, host, request.headers, self.trusted_header)
+        return client_key(None, host, request.headers, self.trusted_header)  # one shared login: by address
 
     def cached(self, ex: Example) -> tuple:
         """The result panel's outputs for an example, read from its cached PNG: no model run."""

@@ -77,6 +77,7 @@ class Ticket:
         self.id = next(Ticket._ids)
         self.request = request
         self.client, self.cost, self.prepare = client, cost, prepare
+        self.released = False  # its share is back in its client's budget
         self.events: queue.Queue = queue.Queue()
         self.cancelled = threading.Event()
         self.finished = threading.Event()
@@ -267,6 +268,8 @@ class Scheduler:
                 if ticket.prepare is not None:
                     ticket.request = ticket.prepare(ticket.request)
                 for event in self.pipe.generate(ticket.request, evaluate=self.evaluate):
+                    if isinstance(event, GenerationResult):
+                        self._release(ticket)  # before the client sees its result and sends the next
                     ticket.events.put(event)
             finally:
                 with self._cv:
@@ -275,18 +278,26 @@ class Scheduler:
             outcome = "completed"
         except Cancelled as e:
             outcome = "cancelled"
+            self._release(ticket)
             ticket.events.put(e)
         except BaseException as e:  # the error goes to its own client only
+            self._release(ticket)
             ticket.events.put(e)
         finally:
             if acquired:
                 self._slots.release()
             ticket.state = {"completed": "done"}.get(outcome, outcome)
-            self.ledger.release(ticket.client, ticket.cost)
+            self._release(ticket)
             ticket.finished.set()
             with self._cv:
                 self._tickets.discard(ticket)
                 setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
+
+    def _release(self, ticket: Ticket) -> None:
+        """Gives the ticket's share back to its client, once."""
+        if not ticket.released:
+            ticket.released = True
+            self.ledger.release(ticket.client, ticket.cost)
 
     # ------------------------------------------------------------ the evaluate hook
 
