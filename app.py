@@ -40,7 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_argument_group("sharing and protection (issue #24; defaults are meant for a public instance)")
     g.add_argument("--max-per-client", type=int, default=int(os.environ.get("EDIFF_MAX_PER_CLIENT", 4)), help="requests one client may have in flight (HTTP 429 beyond; default $EDIFF_MAX_PER_CLIENT or 4)")
     g.add_argument("--client-budget", type=float, default=16.0, help="work one client may have in flight, in default requests (NFE x images x pixels of the model's default request; default 16); a client with nothing in flight is always admitted one request")
-    g.add_argument("--trusted-proxy-header", default=os.environ.get("EDIFF_TRUSTED_PROXY_HEADER") or None, metavar="NAME", help="behind a reverse proxy only: the header whose last address is the client's (e.g. X-Forwarded-For; X-Ediff-Client for a --server-url UI front)")
+    # On a Hugging Face Space (SPACE_ID is set) every visitor comes through the Space's proxy.
+    proxy = os.environ.get("EDIFF_TRUSTED_PROXY_HEADER") or ("X-Forwarded-For" if os.environ.get("SPACE_ID") else None)
+    g.add_argument("--trusted-proxy-header", default=proxy, metavar="NAME", help="behind a reverse proxy only: the header whose last address is the client's (e.g. X-Forwarded-For; X-Ediff-Client for a --server-url UI front; default $EDIFF_TRUSTED_PROXY_HEADER, or X-Forwarded-For on a Hugging Face Space)")
     g.add_argument("--header-timeout", type=float, default=10.0, help="seconds a connection may take to send its request headers (slow clients are closed)")
     g.add_argument("--body-timeout", type=float, default=30.0, help="seconds a request body may take to arrive (HTTP 408)")
     g.add_argument("--idle-timeout", type=int, default=5, help="seconds an idle keep-alive connection stays open")
