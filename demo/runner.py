@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -21,7 +22,7 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 from PIL import Image
 
-from ediff_core.pipeline import GenerationResult, Progress, save_png
+from ediff_core.pipeline import GenerationResult, Progress, png_info
 from ediff_core.request import GenerationRequest, RequestError
 from server.fairness import TooManyRequests
 from server.scheduler import Busy, Cancelled
@@ -52,22 +53,15 @@ class Outputs:
         """Saves each image as PNG with its metadata embedded; returns the paths."""
         self.prune()
         folder = self.root / uuid.uuid4().hex[:16]
-        return [str(save_png(img, folder / f"{tag}_{meta['seed']}.png", meta)) for img, meta in zip(result.images, result.metadata)]
+        return [str(_write_png(img, folder / f"{tag}_{meta['seed']}.png", png_info(meta))) for img, meta in zip(result.images, result.metadata)]
 
     def save_image(self, img: Image.Image, name: str) -> str:
         """Saves an auxiliary image (e.g. an attention overlay) under a fresh generated folder."""
-        folder = self.root / uuid.uuid4().hex[:16]
-        folder.mkdir(parents=True)
-        path = folder / name
-        img.save(path)
-        return str(path)
+        return str(_write_png(img, self.root / uuid.uuid4().hex[:16] / name))
 
     def save_example(self, img: Image.Image, name: str) -> str:
         """A file the UI offers as an example: kept for the life of the process (never pruned)."""
-        folder = self.root / "examples"
-        folder.mkdir(exist_ok=True)
-        img.save(folder / name)
-        return str(folder / name)
+        return str(_write_png(img, self.root / "examples" / name))
 
     def prune(self, max_age_s: float | None = None) -> None:
         """Deletes generated files older than ``max_age_s``, then the oldest while the folder
@@ -92,6 +86,16 @@ class Outputs:
                 break
             _remove(f)
             total -= size
+
+
+def _write_png(img: Image.Image, path: Path, pnginfo: Any = None) -> Path:
+    """Writes a PNG under a temporary name and renames it into place: a process killed mid-write
+    leaves no half-written file where the UI would serve it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(f".{path.name}.part")
+    img.save(part, format="PNG", pnginfo=pnginfo)
+    os.replace(part, path)
+    return path
 
 
 def _remove(f: Path) -> None:

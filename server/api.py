@@ -20,9 +20,11 @@ from dataclasses import asdict, replace
 from typing import AsyncIterator, Callable
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from pydantic import BaseModel
 
 from ediff_core.ablation import MODE_LABELS, grid
 from ediff_core.pipeline import GenerationResult, Progress
@@ -35,6 +37,30 @@ from .schemas import CompareBody, GenerateBody, PaintBody, StyleBody, describe_v
 from .uploads import check_base64_size, decode_base64_image, encode_png
 
 POLL_S = 0.01  # how often a waiting handler checks for events and for a gone client
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: the field at fault (when one is), what is allowed, and a kind."""
+
+    field: str | None = None
+    message: str
+    error: str | None = None
+    errors: list[dict] | None = None
+
+
+ERRORS: dict[int | str, dict] = {
+    400: {"model": ErrorBody, "description": "the body could not be read"},
+    408: {"model": ErrorBody, "description": "the body did not arrive in time (--body-timeout)"},
+    413: {"model": ErrorBody, "description": "the body is over the cap (from --max-file-size)"},
+    422: {"model": ErrorBody, "description": "a field is invalid; `field` names it, `message` says what is allowed"},
+    429: {"model": ErrorBody, "description": "this client has its share in flight (--max-per-client, --client-budget), or too many failed logins; see Retry-After"},
+    499: {"model": ErrorBody, "description": "the request was cancelled"},
+    503: {"model": ErrorBody, "description": "the server is full (--max-queue); see Retry-After"},
+}
+STREAMED: dict[int | str, dict] = {
+    200: {"description": "the result as JSON, or with `stream: true` NDJSON: progress lines, then a result (or error) line",
+          "content": {"application/json": {}, "application/x-ndjson": {"schema": {"type": "string"}}}},
+}
 
 
 class ClientGone(Exception):
@@ -148,11 +174,20 @@ def create_api(model: Model, auth: tuple[str, str] | None = None, title: str = "
     basic = HTTPBasic(auto_error=False)
 
     def check_auth(creds: HTTPBasicCredentials | None = Depends(basic)) -> None:
-        if auth is None:
-            return
         ok = creds is not None and secrets.compare_digest(creds.username, auth[0]) and secrets.compare_digest(creds.password, auth[1])
         if not ok:
             raise HTTPException(401, "authentication required", headers={"WWW-Authenticate": "Basic"})
+
+    # Without --auth the routes take no credentials at all (a stray Authorization header is ignored).
+    guarded = [Depends(check_auth)] if auth is not None else []
+    errors = {**ERRORS, **({401: {"model": ErrorBody, "description": "login required (--auth)"}} if auth is not None else {})}
+    generation = {**errors, **STREAMED}
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:  # FastAPI's own: in ErrorBody's shape
+        field = "body" if exc.status_code == 400 else None
+        return JSONResponse({"field": field, "message": f"body: {exc.detail}" if field else str(exc.detail), "error": f"http_{exc.status_code}"},
+                            status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -180,7 +215,7 @@ def create_api(model: Model, auth: tuple[str, str] | None = None, title: str = "
         """Status, model name, queue depth and the scheduler's batching counters."""
         return model.health()
 
-    @app.get("/v1/info", tags=["server"], dependencies=[Depends(check_auth)])
+    @app.get("/v1/info", tags=["server"], dependencies=guarded, responses=errors)
     def info() -> dict:
         """Encoders, resolutions, each expert with its σ interval, parameter counts."""
         return model.info()
@@ -196,13 +231,13 @@ def create_api(model: Model, auth: tuple[str, str] | None = None, title: str = "
             return error_response(e)
         return await asyncio.to_thread(finish, results)  # PNG encoding off the event loop
 
-    @app.post("/v1/generate", tags=["generate"], dependencies=[Depends(check_auth)])
+    @app.post("/v1/generate", tags=["generate"], dependencies=guarded, responses=generation)
     async def generate(body: GenerateBody, request: Request):
         """Text to image through the full cascade."""
         req = body.to_request()
         return await serve([req], ["image"], body.stream, request, lambda rs: result_json(rs[0]))
 
-    @app.post("/v1/compare_encoders", tags=["generate"], dependencies=[Depends(check_auth)])
+    @app.post("/v1/compare_encoders", tags=["generate"], dependencies=guarded, responses=generation)
     async def compare_encoders(body: CompareBody, request: Request):
         """The same prompt and seed with CLIP only, T5 only and both encoders (§5.2), side by side."""
         base = body.to_request()
@@ -217,7 +252,7 @@ def create_api(model: Model, auth: tuple[str, str] | None = None, title: str = "
 
         return await serve(reqs, modes, body.stream, request, finish)
 
-    @app.post("/v1/style_transfer", tags=["generate"], dependencies=[Depends(check_auth)])
+    @app.post("/v1/style_transfer", tags=["generate"], dependencies=guarded, responses=generation)
     async def style_transfer(body: StyleBody, request: Request):
         """Generation conditioned on the CLIP image embedding of a reference (§5.3)."""
 
@@ -227,7 +262,7 @@ def create_api(model: Model, auth: tuple[str, str] | None = None, title: str = "
         check_base64_size(body.style_image, "style_image")
         return await serve([body.to_request()], ["image"], body.stream, request, lambda rs: result_json(rs[0]), decode)
 
-    @app.post("/v1/paint_with_words", tags=["generate"], dependencies=[Depends(check_auth)])
+    @app.post("/v1/paint_with_words", tags=["generate"], dependencies=guarded, responses=generation)
     async def paint_with_words(body: PaintBody, request: Request):
         """A colour sketch with each colour mapped to a phrase of the prompt (§4.3)."""
         check_base64_size(body.sketch, "sketch")
