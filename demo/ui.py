@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import Any, Callable
 
 import gradio as gr
+from gradio.exceptions import InvalidPathError
 from PIL import Image
 
 from ediff_core.ablation import MODE_LABELS
@@ -83,7 +84,16 @@ class File(_FieldErrors, gr.File):
 
 
 class Demo(gr.Blocks):
-    """``gr.Blocks`` whose 'not enough inputs' error lists the parameters, not components' reprs."""
+    """``gr.Blocks`` whose errors name parameters: 'not enough inputs' lists them (not components'
+    reprs), and a file input naming a path that is not this instance's upload gets one text, the
+    same for every path (issue #24.1: it never says whether the path exists, nor echoes it)."""
+
+    async def preprocess_data(self, block_fn: Any, inputs: list[Any], state: Any, explicit_call: bool = False) -> Any:
+        try:
+            return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+        except InvalidPathError:
+            field = next((getattr(b, "field", "file") for b, v in zip(block_fn.inputs, inputs) if isinstance(v, dict) and "path" in v), "file")
+            raise _invalid(f"{field}: must be a file uploaded to this server with the request; upload the image") from None
 
     def validate_inputs(self, block_fn: Any, inputs: list[Any]) -> None:
         wanted = block_fn.inputs
