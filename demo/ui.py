@@ -13,6 +13,7 @@ results, and every other setting folded into "Advanced settings". Looks: ``demo.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import random
@@ -98,7 +99,8 @@ class Demo(gr.Blocks):
     def validate_inputs(self, block_fn: Any, inputs: list[Any]) -> None:
         wanted = block_fn.inputs
         if len(inputs) < len(wanted):
-            names = ", ".join(getattr(b, "field", None) or getattr(b, "label", None) or type(b).__name__ for b in wanted)
+            params = [n for n, q in inspect.signature(block_fn.fn).parameters.items() if q.annotation not in ("gr.Request", "gr.Progress")] if block_fn.fn else []
+            names = ", ".join(params[: len(wanted)]) if len(params) >= len(wanted) else f"{len(wanted)} values"
             raise _invalid(f"{block_fn.api_name or 'this endpoint'}: needs {len(wanted)} inputs ({names}); got {len(inputs)}")
 
 

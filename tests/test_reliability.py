@@ -184,3 +184,17 @@ def test_every_server_path_attack_is_refused_within_a_second(app, tmp_path, path
         field = "style_image" if endpoint == "style_transfer" else "sketch"
         text = json.loads(payload)["error"]
         assert text == f"{field}: must be a file uploaded to this server with the request; upload the image" or (path == "" and text.startswith(f"{field}:")), (path, text)
+
+
+def test_a_wrong_file_type_and_too_few_inputs_name_the_parameters(app, client, tmp_path):
+    from gradio_client import handle_file
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    with pytest.raises(Exception) as e:
+        client.predict(prompt=PROMPT, style_image=handle_file(str(notes)), api_name="/style_transfer", steps=2)
+    assert "style_image:" in str(e.value), str(e.value)
+    event, payload = _gradio_call(app.url, "generate", [PROMPT, "", 0])  # 3 of 9 inputs
+    text = json.loads(payload)["error"]
+    assert event == "error" and text.startswith("generate: needs 9 inputs (prompt, negative_prompt, seed, steps") and "got 3" in text, text
+    assert "gradio.components" not in text and "<" not in text
