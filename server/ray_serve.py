@@ -30,6 +30,9 @@ import time
 from pathlib import Path
 from typing import Any, AsyncIterator
 
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
 from .asgi_bridge import HttpHead, HttpRequest, call_asgi
 
 log = logging.getLogger("ediff.ray_serve")
@@ -137,8 +140,6 @@ def _replica_errors() -> tuple[type[BaseException], ...]:
 
 def ingress_app(ingress: Ingress):
     """The ingress's FastAPI app: ``/health`` here, every other path forwarded to a replica."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, StreamingResponse
     from ray.serve.exceptions import BackPressureError
 
     app = FastAPI(title="eDiff-I model server (Ray Serve ingress)", docs_url=None, redoc_url=None, openapi_url=None)
@@ -238,6 +239,8 @@ def build_application(args: argparse.Namespace):
     """The bound Serve application: ``Ingress`` in front of ``ModelServer`` replicas."""
     from ray import serve
 
+    from server import ray_serve as this  # not __main__ under `python -m`: replicas import it by name
+
     scaling: dict[str, Any]
     if args.autoscale:
         lo, hi = args.autoscale
@@ -245,7 +248,7 @@ def build_application(args: argparse.Namespace):
     else:
         scaling = {"num_replicas": args.replicas}
     actor = {"num_cpus": args.num_cpus_per_replica, "num_gpus": args.num_gpus_per_replica, "runtime_env": {"env_vars": replica_env(args)}}
-    model_server = serve.deployment(ModelServer, name="ModelServer").options(
+    model_server = serve.deployment(this.ModelServer, name="ModelServer").options(
         ray_actor_options=actor,
         max_ongoing_requests=args.max_queue,  # the scheduler's own bound; Ray queues beyond it
         max_queued_requests=8 * args.max_queue,  # then 503 busy
@@ -256,7 +259,7 @@ def build_application(args: argparse.Namespace):
     auth = None if args.auth is None else tuple(args.auth.split(":", 1))
     init = dict(model=args.model, device=args.device, compile=args.compile, max_queue=args.max_queue, max_running=args.max_running,
                 batch_window_ms=args.batch_window_ms, threads=max(1, int(args.num_cpus_per_replica)), auth=auth)
-    ingress = serve.deployment(serve.ingress()(Ingress), name="Ingress").options(
+    ingress = serve.deployment(serve.ingress()(this.Ingress), name="Ingress").options(
         num_replicas=1, max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": replica_env(args)}}
     )
     return ingress.bind(model_server.bind(**init))
