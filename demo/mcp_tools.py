@@ -60,3 +60,30 @@ def describe_tools(demo: Any) -> list[str]:
             block_fn.api_description = None  # Gradio then reads the docstring
             described.append(name)
     return described
+
+
+def flatten_outputs(data: list[Any]) -> list[Any]:
+    """Each file of an endpoint's outputs as its own item (gallery entries to their image).
+
+    Gradio 6.31's MCP server hands a multi-output, queued endpoint's whole result tuple to its
+    postprocessing as ONE item, which then becomes one text block with the files' dicts in it;
+    flattened, every PNG becomes MCP image content (plus its URL) and the rest stays text.
+    """
+    out: list[Any] = []
+    for item in data:
+        if isinstance(item, (tuple, list)):
+            out.extend(flatten_outputs(list(item)))
+        elif isinstance(item, dict) and isinstance(item.get("image"), dict):
+            out.append(item["image"])  # a gallery entry {"image": FileData, "caption": ...}
+        elif item is not None:
+            out.append(item)
+    return out
+
+
+def install_output_flattening(demo: Any) -> None:
+    """Routes the MCP server's output postprocessing of ``demo`` through ``flatten_outputs``."""
+    server = getattr(demo, "mcp_server_obj", None)
+    if server is None:
+        return
+    postprocess = server.postprocess_output_data
+    server.postprocess_output_data = lambda data, root_url: postprocess(flatten_outputs(list(data)), root_url)
