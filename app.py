@@ -105,6 +105,10 @@ def build_app(args: argparse.Namespace):
     # accepted for a request) only once the Blocks "has launched"; mounting never sets that flag, so
     # without this line any server path (/dev/zero, /etc/passwd) was accepted as an uploaded image.
     demo.has_launched = True
+    if args.mcp:
+        from demo.mcp_tools import install_output_flattening
+
+        install_output_flattening(demo)
     app.state.model = model
     return app
 
