@@ -36,6 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-running", type=int, default=16, help="requests generating at once (they share U-Net calls)")
     p.add_argument("--batch-window-ms", type=float, default=5.0, help="how long the batcher waits for more evaluations")
     p.add_argument("--max-file-size", default="8mb", help="largest upload (UI files and base64 images; at most 8mb); the request body cap (HTTP 413) follows from it")
+    p.add_argument("--mcp", action="store_true", default=os.environ.get("EDIFF_MCP") == "1", help="also serve the four generation endpoints as MCP tools at /gradio_api/mcp/ (needs requirements-serve.txt; default $EDIFF_MCP=1)")
     p.add_argument("--outputs", default=None, help="folder for generated PNGs (default: a new temporary folder)")
     g = p.add_argument_group("sharing and protection (issue #24; defaults are meant for a public instance)")
     g.add_argument("--max-per-client", type=int, default=int(os.environ.get("EDIFF_MAX_PER_CLIENT", 4)), help="requests one client may have in flight (HTTP 429 beyond; default $EDIFF_MAX_PER_CLIENT or 4)")
@@ -140,11 +141,19 @@ def build_app(args: argparse.Namespace):
     outputs = Outputs(args.outputs)
     atexit.register(outputs.cleanup)
     demo = create_demo(model, outputs, trusted_header=args.trusted_proxy_header)
-    app = gr.mount_gradio_app(app, demo, path="/", auth=auth, max_file_size=args.max_file_bytes, allowed_paths=[str(outputs.root)], footer_links=["api"], **page_options())
+    if args.mcp:  # before mounting: Gradio builds the MCP server's tool list there
+        from demo.mcp_tools import describe_tools
+
+        describe_tools(demo)
+    app = gr.mount_gradio_app(app, demo, path="/", auth=auth, mcp_server=bool(args.mcp), max_file_size=args.max_file_bytes, allowed_paths=[str(outputs.root)], footer_links=["api"], **page_options())
     # Gradio applies its own check on incoming FileData paths (only files in its upload folder are
     # accepted for a request) only once the Blocks "has launched"; mounting never sets that flag, so
     # without this line any server path (/dev/zero, /etc/passwd) was accepted as an uploaded image.
     demo.has_launched = True
+    if args.mcp:
+        from demo.mcp_tools import install_output_flattening
+
+        install_output_flattening(demo)
     app.state.model = model
     return app
 
