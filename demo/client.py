@@ -17,9 +17,12 @@ from PIL import Image
 
 from ediff_core.pipeline import GenerationResult, Progress
 from ediff_core.request import GenerationRequest, RequestError
+from server.fairness import TooManyRequests
+from server.model import Prepare, SketchSource
 from server.scheduler import Busy, Cancelled
 
 Event = Progress | GenerationResult
+CLIENT_HEADER = "X-Ediff-Client"
 _PROGRESS_FIELDS = ("stage", "step", "steps", "sigma", "expert", "done", "total")
 
 
@@ -42,6 +45,8 @@ def _raise(status: int, body: dict) -> None:
         raise RequestError(field, message.removeprefix(f"{field}: "))
     if status == 503:
         raise Busy(message)
+    if status == 429:
+        raise TooManyRequests(message)
     if status == 499:
         raise Cancelled(message)
     raise RuntimeError(f"model server error {status}: {message}")
@@ -72,9 +77,14 @@ class RemoteModel:
             _raise(r.status_code, r.json())
         return r.json()
 
-    def _stream(self, route: str, body: dict) -> Iterator[dict]:
-        """Yields the NDJSON lines of a streamed request; raises the server's errors."""
-        with self.client.stream("POST", route, json={**body, "stream": True}) as r:
+    def _stream(self, route: str, body: dict, client: str | None = None) -> Iterator[dict]:
+        """Yields the NDJSON lines of a streamed request; raises the server's errors.
+
+        ``client`` goes in ``CLIENT_HEADER``: a model server started with
+        ``--trusted-proxy-header X-Ediff-Client`` counts each UI visitor's share on its own.
+        """
+        headers = {CLIENT_HEADER: client} if client else None
+        with self.client.stream("POST", route, json={**body, "stream": True}, headers=headers) as r:
             if r.status_code != 200:
                 r.read()
                 _raise(r.status_code, r.json())
@@ -91,28 +101,32 @@ class RemoteModel:
         keys = ("prompt", "negative_prompt", "seed", "steps", "sr_steps", "guidance", "sr_guidance", "sampler", "encoders", "num_images", "dynamic_threshold")
         return {k: getattr(req, k) for k in keys}
 
-    def _run(self, route: str, body: dict) -> Iterator[Event]:
-        for event in self._stream(route, body):
+    def _run(self, route: str, body: dict, client: str | None = None) -> Iterator[Event]:
+        for event in self._stream(route, body, client):
             if event["event"] == "progress":
                 yield Progress(**{k: event[k] for k in _PROGRESS_FIELDS})
             elif event["event"] == "result":
                 yield _result(event)
 
-    def run(self, request: GenerationRequest) -> Iterator[Event]:
-        """Text to image (or style transfer when ``request.style_image`` is set)."""
+    def run(self, request: GenerationRequest, client: str | None = None, prepare: Prepare | None = None) -> Iterator[Event]:
+        """Text to image (or style transfer when ``request.style_image`` is set); ``prepare``
+        (reading an upload) runs here, before the request is sent."""
+        if prepare is not None:
+            request = prepare(request)
         body = self._body(request)
         if request.style_image is not None:
             body.update(style_image=_png_b64(request.style_image), style_strength=request.style_strength)
-            return self._run("/v1/style_transfer", body)
-        return self._run("/v1/generate", body)
+            return self._run("/v1/style_transfer", body, client)
+        return self._run("/v1/generate", body, client)
 
-    def paint_with_words(self, request: GenerationRequest, sketch: Image.Image, phrases: dict[str, str]) -> Iterator[Event]:
+    def paint_with_words(self, request: GenerationRequest, sketch: SketchSource, phrases: dict[str, str], client: str | None = None) -> Iterator[Event]:
+        sketch = sketch() if callable(sketch) else sketch
         body = {**self._body(request), "sketch": _png_b64(sketch), "phrases": phrases, "pww_weight": request.pww_weight}
-        return self._run("/v1/paint_with_words", body)
+        return self._run("/v1/paint_with_words", body, client)
 
-    def compare_encoders(self, request: GenerationRequest, modes: Sequence[str] = ("clip", "t5", "both")) -> Iterator[tuple[str, Event]]:
+    def compare_encoders(self, request: GenerationRequest, modes: Sequence[str] = ("clip", "t5", "both"), client: str | None = None) -> Iterator[tuple[str, Event]]:
         body = {**self._body(request), "modes": list(modes)}
-        for event in self._stream("/v1/compare_encoders", body):
+        for event in self._stream("/v1/compare_encoders", body, client):
             if event["event"] == "progress":
                 yield event["label"], Progress(**{k: event[k] for k in _PROGRESS_FIELDS})
             elif event["event"] == "result":

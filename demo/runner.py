@@ -9,6 +9,8 @@ finally the outputs. Bad input becomes ``gr.Error`` naming the field; a full ser
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
 import tempfile
 import time
@@ -20,9 +22,12 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 from PIL import Image
 
-from ediff_core.pipeline import GenerationResult, Progress, save_png
+from ediff_core.pipeline import GenerationResult, Progress, png_info
 from ediff_core.request import GenerationRequest, RequestError
+from server.fairness import TooManyRequests
 from server.scheduler import Busy, Cancelled
+
+log = logging.getLogger("ediff.ui")
 
 KEEP_OUTPUTS_S = 3600  # generated PNGs are deleted after an hour
 KEEP_OUTPUTS_BYTES = 512 * 2**20  # and the oldest go first once the folder holds more than this
@@ -48,22 +53,15 @@ class Outputs:
         """Saves each image as PNG with its metadata embedded; returns the paths."""
         self.prune()
         folder = self.root / uuid.uuid4().hex[:16]
-        return [str(save_png(img, folder / f"{tag}_{meta['seed']}.png", meta)) for img, meta in zip(result.images, result.metadata)]
+        return [str(_write_png(img, folder / f"{tag}_{meta['seed']}.png", png_info(meta))) for img, meta in zip(result.images, result.metadata)]
 
     def save_image(self, img: Image.Image, name: str) -> str:
         """Saves an auxiliary image (e.g. an attention overlay) under a fresh generated folder."""
-        folder = self.root / uuid.uuid4().hex[:16]
-        folder.mkdir(parents=True)
-        path = folder / name
-        img.save(path)
-        return str(path)
+        return str(_write_png(img, self.root / uuid.uuid4().hex[:16] / name))
 
     def save_example(self, img: Image.Image, name: str) -> str:
         """A file the UI offers as an example: kept for the life of the process (never pruned)."""
-        folder = self.root / "examples"
-        folder.mkdir(exist_ok=True)
-        img.save(folder / name)
-        return str(folder / name)
+        return str(_write_png(img, self.root / "examples" / name))
 
     def prune(self, max_age_s: float | None = None) -> None:
         """Deletes generated files older than ``max_age_s``, then the oldest while the folder
@@ -90,6 +88,16 @@ class Outputs:
             total -= size
 
 
+def _write_png(img: Image.Image, path: Path, pnginfo: Any = None) -> Path:
+    """Writes a PNG under a temporary name and renames it into place: a process killed mid-write
+    leaves no half-written file where the UI would serve it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(f".{path.name}.part")
+    img.save(part, format="PNG", pnginfo=pnginfo)
+    os.replace(part, path)
+    return path
+
+
 def _remove(f: Path) -> None:
     """Deletes a generated file and its folder once empty."""
     try:
@@ -102,15 +110,23 @@ def _remove(f: Path) -> None:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turns library errors into messages for the user (and for gradio_client callers)."""
+    """Turns library errors into messages for the user (and for gradio_client callers).
+
+    A user's error is one log line, not a traceback (``print_exception=False``).
+    """
     try:
         yield
     except RequestError as e:
-        raise gr.Error(str(e), title="Invalid input") from None
+        log.info("refused: %s", e)
+        raise gr.Error(str(e), title="Invalid input", print_exception=False) from None
+    except TooManyRequests as e:
+        log.info("throttled: %s", e)
+        raise gr.Error(f"Too many requests from you at once; retry when one has finished. ({e})", title="Too many requests", print_exception=False) from None
     except Busy as e:
-        raise gr.Error(f"Server busy, retry later. ({e})", title="Busy") from None
+        log.info("busy: %s", e)
+        raise gr.Error(f"Server busy, retry later. ({e})", title="Busy", print_exception=False) from None
     except Cancelled as e:
-        raise gr.Error(f"Cancelled: {e}") from None
+        raise gr.Error(f"Cancelled: {e}", print_exception=False) from None
 
 
 def status_line(p: Progress) -> str:

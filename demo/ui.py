@@ -13,13 +13,16 @@ results, and every other setting folded into "Advanced settings". Looks: ``demo.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import random
 from contextlib import closing
+from dataclasses import replace
 from typing import Any, Callable
 
 import gradio as gr
+from gradio.exceptions import InvalidPathError
 from PIL import Image
 
 from ediff_core.ablation import MODE_LABELS
@@ -27,6 +30,7 @@ from ediff_core.encoders.base import phrase_char_span
 from ediff_core.paint_with_words import PaintSpec
 from ediff_core.request import MAX_GUIDANCE, MAX_IMAGES, MAX_SEED, MAX_STEPS, RequestError
 from server.model import ModelLike
+from server.fairness import client_key
 from server.painting import PALETTE, hex_colour, parse_phrases, phrase_checked
 from server.uploads import read_uploaded_file
 
@@ -37,13 +41,67 @@ from .words import Words
 N_OUT = 7  # gallery, files, schedule rows, schedule summary, metadata, attention, status
 
 
+def _num(v: float) -> str:
+    """4294967295, not 4.29497e+09; 0.05, not 0.05000000000000000277."""
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
+def _invalid(message: str) -> gr.Error:
+    return gr.Error(message, title="Invalid input", print_exception=False)
+
+
 def _check_range(field: str, value: Any, lo: float | None, hi: float | None) -> None:
-    """Gradio's own range check says 'Value 0 is less than minimum value 1.'; ours names the field."""
+    """Gradio's own range check says 'Value 0 is less than minimum value 1.'; ours names the field.
+    Numbers only: "5" and true are refused, not coerced."""
     if value is None:
         return
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise gr.Error(f"{field}: must be a number from {lo:g} to {hi:g}; got {value!r}", title="Invalid input")
+        raise _invalid(f"{field}: must be a number from {_num(lo)} to {_num(hi)}; got {value!r}")
+
+
+class _FieldErrors:
+    """Prefixes Gradio's own preprocessing errors (choices, file types) with the parameter's name."""
+
+    field = "value"  # the parameter's name in errors; set by ``named``
+
+    def preprocess(self, payload: Any) -> Any:
+        try:
+            return super().preprocess(payload)  # type: ignore[misc]
+        except gr.Error as e:
+            raise _invalid(f"{self.field}: {e.message}") from None
+
+
+class Dropdown(_FieldErrors, gr.Dropdown):
+    is_template = True
+
+
+class Radio(_FieldErrors, gr.Radio):
+    is_template = True
+
+
+class File(_FieldErrors, gr.File):
+    is_template = True
+
+
+class Demo(gr.Blocks):
+    """``gr.Blocks`` whose errors name parameters: 'not enough inputs' lists them (not components'
+    reprs), and a file input naming a path that is not this instance's upload gets one text, the
+    same for every path (issue #24.1: it never says whether the path exists, nor echoes it)."""
+
+    async def preprocess_data(self, block_fn: Any, inputs: list[Any], state: Any, explicit_call: bool = False) -> Any:
+        try:
+            return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+        except InvalidPathError:
+            field = next((getattr(b, "field", "file") for b, v in zip(block_fn.inputs, inputs) if isinstance(v, dict) and "path" in v), "file")
+            raise _invalid(f"{field}: must be a file uploaded to this server with the request; upload the image") from None
+
+    def validate_inputs(self, block_fn: Any, inputs: list[Any]) -> None:
+        wanted = block_fn.inputs
+        if len(inputs) < len(wanted):
+            params = [n for n, q in inspect.signature(block_fn.fn).parameters.items() if q.annotation not in ("gr.Request", "gr.Progress")] if block_fn.fn else []
+            names = ", ".join(params[: len(wanted)]) if len(params) >= len(wanted) else f"{len(wanted)} values"
+            raise _invalid(f"{block_fn.api_name or 'this endpoint'}: needs {len(wanted)} inputs ({names}); got {len(inputs)}")
 
 
 class Slider(gr.Slider):
@@ -78,13 +136,21 @@ class Context:
     """What every tab needs: the model, the output folder, the model's defaults, its vocabulary
     and the cached results of the examples."""
 
-    def __init__(self, model: ModelLike, outputs: Outputs):
+    def __init__(self, model: ModelLike, outputs: Outputs, trusted_header: str | None = None):
         self.model, self.outputs = model, outputs
+        self.trusted_header = trusted_header
         self.info = model.info()
         self.defaults = self.info.get("defaults", {})
         self.name = self.info.get("name", "the model")
         self.words = Words(model, self.name)
         self.examples = ExampleCache(model, outputs).prepare()
+
+    def client(self, request: gr.Request | None) -> str | None:
+        """Whose share a UI or gradio_client request counts against (``server.fairness``)."""
+        if request is None:
+            return None
+        host = request.client.host if request.client else None
+        return client_key(None, host, request.headers, self.trusted_header)  # one shared login: by address
 
     def cached(self, ex: Example) -> tuple:
         """The result panel's outputs for an example, read from its cached PNG: no model run."""
@@ -133,9 +199,9 @@ def _advanced(ctx: Context, encoders: bool = True) -> dict[str, gr.components.Co
     out["negative_prompt"] = gr.Textbox(label="Negative prompt", value="", placeholder="optional")
     out["steps"] = named(Slider(1, MAX_STEPS, value=d.get("steps", 25), step=1, label="Steps"), "steps")
     out["guidance"] = named(Slider(0.0, min(MAX_GUIDANCE, 20.0), value=d.get("guidance", 3.0), step=0.5, label="Guidance (1 = off)"), "guidance")
-    out["sampler"] = gr.Dropdown(["dpmpp_2m", "heun", "euler"], value=d.get("sampler", "dpmpp_2m"), label="Sampler")
+    out["sampler"] = named(Dropdown(["dpmpp_2m", "heun", "euler"], value=d.get("sampler", "dpmpp_2m"), label="Sampler"), "sampler")
     if encoders:
-        out["encoders"] = gr.Radio(["both", "t5", "clip"], value="both", label="Text encoders")
+        out["encoders"] = named(Radio(["both", "t5", "clip"], value="both", label="Text encoders"), "encoders")
     return out
 
 
@@ -243,12 +309,12 @@ def create_text_to_image_tab(ctx: Context) -> None:
             outs = _result_panel(ctx, "t2i", ex)
     _examples(ctx, "t2i", [prompt, seed], outs, lambda e: [e.prompt, e.seed], ctx.cached)
 
-    def generate(prompt: str, negative_prompt: str, seed: float, steps: float, guidance: float, sampler: str, encoders: str, num_images: float, attention_maps: bool, progress: gr.Progress = gr.Progress()):
+    def generate(prompt: str, negative_prompt: str, seed: float, steps: float, guidance: float, sampler: str, encoders: str, num_images: float, attention_maps: bool, request: gr.Request, progress: gr.Progress = gr.Progress()):
         """Text to image through the full cascade."""
 
         def start():
             req = build_request(prompt, negative_prompt, seed, steps, guidance, sampler, encoders, num_images, attention_maps=bool(attention_maps))
-            return ctx.model.run(req)
+            return ctx.model.run(req, client=ctx.client(request))
 
         yield from _stream(run_single(start, ctx.outputs, progress, "t2i"))
 
@@ -279,14 +345,14 @@ def create_encoders_tab(ctx: Context) -> None:
     outs = [*images, files, status]
     _examples(ctx, "encoders", [prompt, seed], outs, lambda e: [e.prompt, e.seed], lambda e: (*ctx.examples.paths(e), ctx.examples.paths(e), ctx.cached(e)[6]))
 
-    def compare_encoders(prompt: str, negative_prompt: str, seed: float, steps: float, guidance: float, sampler: str, progress: gr.Progress = gr.Progress()):
+    def compare_encoders(prompt: str, negative_prompt: str, seed: float, steps: float, guidance: float, sampler: str, request: gr.Request, progress: gr.Progress = gr.Progress()):
         """CLIP only, T5 only and both encoders on one seed, side by side."""
         modes = ["clip", "t5", "both"]
         results: dict[str, Any] = {}
         done: dict[str, int] = {}
         with user_errors():
             req = build_request(prompt, negative_prompt, seed, steps, guidance, sampler, "both", 1)
-            events = ctx.model.compare_encoders(req, modes)
+            events = ctx.model.compare_encoders(req, modes, client=ctx.client(request))
             try:
                 for mode, event in events:
                     if hasattr(event, "done"):
@@ -316,7 +382,7 @@ def create_style_tab(ctx: Context) -> None:
             _words(ctx, prompt, "style")
             gr.Markdown("Conditions on the CLIP image embedding of a reference image (§5.3): its background style carries over.")
             with gr.Row(equal_height=True):
-                reference = gr.File(refs[ex.reference], label="Reference image (PNG, JPEG, WebP)", file_types=["image"], type="filepath", elem_id="style-reference", min_width=160)
+                reference = named(File(refs[ex.reference], label="Reference image (PNG, JPEG, WebP)", file_types=[".png", ".jpg", ".jpeg", ".webp"], type="filepath", elem_id="style-reference", min_width=160), "style_image")
                 preview = gr.Image(refs[ex.reference], label="Reference", interactive=False, height=160, min_width=120, elem_classes="ediff-result")
             strength = named(Slider(0.0, 3.0, value=1.0, step=0.1, label="Style strength"), "style_strength")
             seed = _seed(ex)
@@ -334,13 +400,13 @@ def create_style_tab(ctx: Context) -> None:
 
     reference.change(show_reference, reference, preview, api_visibility="private")
 
-    def style_transfer(prompt: str, style_image: str, style_strength: float, negative_prompt: str, seed: float, steps: float, guidance: float, sampler: str, encoders: str, progress: gr.Progress = gr.Progress()):
+    def style_transfer(prompt: str, style_image: str, style_strength: float, negative_prompt: str, seed: float, steps: float, guidance: float, sampler: str, encoders: str, request: gr.Request, progress: gr.Progress = gr.Progress()):
         """Text to image with the style of a reference image (a file)."""
 
         def start():
-            image = read_uploaded_file(style_image, "style_image")
-            req = build_request(prompt, negative_prompt, seed, steps, guidance, sampler, encoders, 1, style_image=image, style_strength=float(style_strength))
-            return ctx.model.run(req)
+            req = build_request(prompt, negative_prompt, seed, steps, guidance, sampler, encoders, 1, style_strength=float(style_strength))
+            read = lambda r: replace(r, style_image=read_uploaded_file(style_image, "style_image"))  # noqa: E731 in the slot
+            return ctx.model.run(req, client=ctx.client(request), prepare=read)
 
         yield from _stream(run_single(start, ctx.outputs, progress, "style"))
 
@@ -415,7 +481,7 @@ def create_paint_tab(ctx: Context) -> None:
             with gr.Accordion("Advanced settings", open=False):
                 s = _advanced(ctx, encoders=False)
             # API-only inputs: a sketch file and a colour → phrase map (JSON or '#RRGGBB=words' lines).
-            sketch_file = gr.File(visible=False, type="filepath")
+            sketch_file = named(File(visible=False, type="filepath"), "sketch")
             phrases_text = gr.Textbox(value="", visible=False)
             api_button = gr.Button(visible=False)
         with gr.Column(scale=3, min_width=320, elem_classes="ediff-results"):
@@ -426,31 +492,34 @@ def create_paint_tab(ctx: Context) -> None:
     load.click(lambda p: (_editor_value(example_sketch()), ex.prompt, phrases_from_prompt(ex.prompt)), prompt, [editor, prompt, mapping], api_visibility="private")
     clear.click(lambda: (_editor_value(None), _mapping_rows()), outputs=[editor, mapping], api_visibility="private")
 
-    def run(prompt, sketch_fn, phrases_fn, weight, negative_prompt, seed, steps, guidance, sampler, progress):
+    def run(prompt, sketch_fn, phrases_fn, weight, negative_prompt, seed, steps, guidance, sampler, request, progress):
+        """The sketch is read (``sketch_fn``) in the request's slot, once the server admits it."""
+
         def start():
-            sketch, phrases = sketch_fn(), phrases_fn()
+            phrases = phrases_fn()
             req = build_request(prompt, negative_prompt, seed, steps, guidance, sampler, "both", 1, pww_weight=float(weight))
-            return ctx.model.paint_with_words(req, sketch, phrases)
+            return ctx.model.paint_with_words(req, sketch_fn, phrases, client=ctx.client(request))
 
         yield from _stream(run_single(start, ctx.outputs, progress, "paint"))
 
-    def paint_ui(prompt: str, editor: dict, mapping: Any, pww_weight: float, negative_prompt: str, seed: float, steps: float, guidance: float, sampler: str, progress: gr.Progress = gr.Progress()):
-        phrases = {}
-
-        def sketch():
-            """The editor's layers composited over its background (PaintSpec.from_editor)."""
-            phrases.update(mapping_from_rows(mapping))
-            if not phrases:
+    def paint_ui(prompt: str, editor: dict, mapping: Any, pww_weight: float, negative_prompt: str, seed: float, steps: float, guidance: float, sampler: str, request: gr.Request, progress: gr.Progress = gr.Progress()):
+        def phrases():
+            out = mapping_from_rows(mapping)
+            if not out:
                 raise RequestError("phrases", "map at least one brush colour to a phrase of the prompt")
             if not editor:
                 raise RequestError("sketch", "paint on the canvas first")
-            return phrase_checked(PaintSpec.from_editor, editor, phrases).sketch
+            return out
 
-        yield from run(prompt, sketch, lambda: phrases, pww_weight, negative_prompt, seed, steps, guidance, sampler, progress)
+        def sketch():
+            """The editor's layers composited over its background (PaintSpec.from_editor)."""
+            return phrase_checked(PaintSpec.from_editor, editor, mapping_from_rows(mapping)).sketch
 
-    def paint_with_words(prompt: str, sketch: str, phrases: str, pww_weight: float, negative_prompt: str, seed: float, steps: float, guidance: float, sampler: str, progress: gr.Progress = gr.Progress()):
+        yield from run(prompt, sketch, phrases, pww_weight, negative_prompt, seed, steps, guidance, sampler, request, progress)
+
+    def paint_with_words(prompt: str, sketch: str, phrases: str, pww_weight: float, negative_prompt: str, seed: float, steps: float, guidance: float, sampler: str, request: gr.Request, progress: gr.Progress = gr.Progress()):
         """Paint with words from a sketch file and '{"#RRGGBB": "phrase"}' (or '#RRGGBB=phrase' lines)."""
-        yield from run(prompt, lambda: read_uploaded_file(sketch, "sketch"), lambda: parse_phrases(phrases or ""), pww_weight, negative_prompt, seed, steps, guidance, sampler, progress)
+        yield from run(prompt, lambda: read_uploaded_file(sketch, "sketch"), lambda: parse_phrases(phrases or ""), pww_weight, negative_prompt, seed, steps, guidance, sampler, request, progress)
 
     def check(prompt, editor, mapping, pww_weight, negative_prompt, seed, steps, guidance, sampler):
         build_request(prompt, negative_prompt, seed, steps, guidance, sampler, "both", 1).validate()
@@ -493,10 +562,13 @@ def _about(ctx: Context) -> None:
         )
 
 
-def create_demo(model: ModelLike, outputs: Outputs | None = None) -> gr.Blocks:
-    """All four tabs over one model (mount with ``demo.theme.page_options()`` for the looks)."""
-    ctx = Context(model, outputs or Outputs())
-    with gr.Blocks(title=f"eDiff-I · {ctx.name}") as demo:
+def create_demo(model: ModelLike, outputs: Outputs | None = None, trusted_header: str | None = None) -> gr.Blocks:
+    """All four tabs over one model (mount with ``demo.theme.page_options()`` for the looks).
+
+    ``trusted_header``: behind a proxy, the header whose last address is the client's (``server.fairness``).
+    """
+    ctx = Context(model, outputs or Outputs(), trusted_header)
+    with Demo(title=f"eDiff-I · {ctx.name}") as demo:
         gr.Markdown(f"# eDiff-I · {ctx.name}\n" + INTRO.format(name=ctx.name), elem_classes="ediff-header")
         with gr.Tab("Text to image"):
             create_text_to_image_tab(ctx)

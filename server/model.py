@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 from PIL import Image
 
@@ -20,11 +20,14 @@ from ediff_core.conditioning import ENCODER_MODES
 from ediff_core.pipeline import EDiffPipeline, GenerationResult, Progress
 from ediff_core.request import GenerationRequest, RequestError, pick_device
 
+from .fairness import ClientLimits, TooManyRequests, request_cost
 from .scheduler import Busy, Cancelled, Scheduler, Ticket
 
 log = logging.getLogger(__name__)
 
 Event = Progress | GenerationResult
+Prepare = Callable[[GenerationRequest], GenerationRequest]
+SketchSource = Image.Image | Callable[[], Image.Image]
 
 
 class ModelLike(Protocol):
@@ -32,11 +35,11 @@ class ModelLike(Protocol):
 
     name: str
 
-    def run(self, request: GenerationRequest) -> Iterator[Event]: ...
+    def run(self, request: GenerationRequest, client: str | None = None, prepare: Prepare | None = None) -> Iterator[Event]: ...
 
-    def compare_encoders(self, request: GenerationRequest, modes: Sequence[str] = ENCODER_MODES) -> Iterator[tuple[str, Event]]: ...
+    def compare_encoders(self, request: GenerationRequest, modes: Sequence[str] = ENCODER_MODES, client: str | None = None) -> Iterator[tuple[str, Event]]: ...
 
-    def paint_with_words(self, request: GenerationRequest, sketch: Image.Image, phrases: dict[str, str]) -> Iterator[Event]: ...
+    def paint_with_words(self, request: GenerationRequest, sketch: SketchSource, phrases: dict[str, str], client: str | None = None) -> Iterator[Event]: ...
 
     def info(self) -> dict: ...
 
@@ -70,12 +73,14 @@ class Model:
         max_queue: requests admitted at once (waiting + running); more get ``Busy`` (HTTP 503).
         max_running: requests generating at once.
         batch_window_ms: how long the batching loop waits for more evaluations.
+        limits: each client's share (``fairness.ClientLimits``); ``None``: no per-client limit.
     """
 
-    def __init__(self, pipe: EDiffPipeline, max_queue: int = 32, max_running: int = 16, batch_window_ms: float = 5.0):
+    def __init__(self, pipe: EDiffPipeline, max_queue: int = 32, max_running: int = 16, batch_window_ms: float = 5.0, limits: ClientLimits | None = None):
         self.pipe = pipe
         self.name = pipe.name
-        self.scheduler = Scheduler(pipe, max_queue=max_queue, max_running=max_running, batch_window_ms=batch_window_ms)
+        limits = limits or ClientLimits(max_in_flight=max_queue)
+        self.scheduler = Scheduler(pipe, max_queue=max_queue, max_running=max_running, batch_window_ms=batch_window_ms, limits=limits)
         self.backend = "eager"
         self.started = time.time()
         _install_attention_processors(pipe)
@@ -96,22 +101,29 @@ class Model:
         """Validates a request (``RequestError`` naming the field) before it takes a slot."""
         return self.pipe.resolve(request)
 
-    def submit(self, request: GenerationRequest) -> Ticket:
-        """Validates and admits a request; raises ``RequestError`` or ``Busy``."""
-        return self.submit_many([request])[0]
+    def default_cost(self) -> float:
+        """``fairness.request_cost`` of the model's default one-image request (the unit of budgets)."""
+        return request_cost(self.pipe, self.check(GenerationRequest(prompt="x")))
 
-    def submit_many(self, requests: Sequence[GenerationRequest]) -> list[Ticket]:
-        """Validates all, then admits all or none (``Busy``); admitted together, they share calls."""
-        for r in requests:
-            self.check(r)
-        return self.scheduler.submit_many(list(requests))
+    def submit(self, request: GenerationRequest, client: str | None = None, prepare: Prepare | None = None) -> Ticket:
+        """Validates and admits a request; raises ``RequestError``, ``Busy`` or ``TooManyRequests``."""
+        return self.submit_many([request], client, prepare)[0]
 
-    def run(self, request: GenerationRequest) -> Iterator[Event]:
+    def submit_many(self, requests: Sequence[GenerationRequest], client: str | None = None, prepare: Prepare | None = None) -> list[Ticket]:
+        """Validates all, then admits all or none; admitted together, they share calls.
+
+        ``client`` is whose share they count against (``fairness``); ``prepare`` runs in each
+        request's worker once it holds a slot (decoding uploads, rasterising masks).
+        """
+        costs = [request_cost(self.pipe, self.check(r)) for r in requests]
+        return self.scheduler.submit_many(list(requests), client=client, costs=costs, prepare=prepare)
+
+    def run(self, request: GenerationRequest, client: str | None = None, prepare: Prepare | None = None) -> Iterator[Event]:
         """Yields ``Progress`` after every denoiser evaluation, then the ``GenerationResult``.
 
         Closing the iterator early (a client went away) cancels the request.
         """
-        ticket = self.submit(request)
+        ticket = self.submit(request, client, prepare)
         yield from ticket  # Ticket.__iter__ cancels on close
 
     def __call__(self, request: GenerationRequest) -> GenerationResult:
@@ -122,43 +134,48 @@ class Model:
         assert isinstance(result, GenerationResult)
         return result
 
-    def run_many(self, requests: Sequence[GenerationRequest]) -> Iterator[tuple[int, Event]]:
+    def run_many(self, requests: Sequence[GenerationRequest], client: str | None = None) -> Iterator[tuple[int, Event]]:
         """Runs several requests at once (they share denoiser calls); yields (index, event).
 
         All are admitted before any runs, so either all start or ``Busy`` is raised.
         """
-        tickets = self.submit_many(requests)
+        tickets = self.submit_many(requests, client)
         try:
             yield from merge_tickets(tickets)
         finally:
             for t in tickets:
                 t.cancel()
 
-    def compare_encoders(self, request: GenerationRequest, modes: Sequence[str] = ENCODER_MODES) -> Iterator[tuple[str, Event]]:
+    def compare_encoders(self, request: GenerationRequest, modes: Sequence[str] = ENCODER_MODES, client: str | None = None) -> Iterator[tuple[str, Event]]:
         """The §5.2 ablation: the same request and seed with each encoder mode, run together."""
         modes = list(modes)
         for m in modes:
             if m not in ENCODER_MODES:
                 raise RequestError("encoders", f"must be one of {', '.join(ENCODER_MODES)}; got {m!r}")
-        for k, event in self.run_many([replace(request, encoders=m) for m in modes]):
+        for k, event in self.run_many([replace(request, encoders=m) for m in modes], client):
             yield modes[k], event
 
-    def paint_request(self, request: GenerationRequest, sketch: Image.Image, phrases: dict[str, str]) -> GenerationRequest:
-        """``request`` with a checked ``PaintSpec``: every phrase must be in the prompt (§4.3)."""
+    def paint_prepare(self, request: GenerationRequest, sketch: SketchSource, phrases: dict[str, str]) -> Prepare:
+        """Checks what costs nothing now (the phrase caps, every phrase in the prompt, §4.3) and
+        returns the step that decodes, downscales and rasterises the sketch in the request's slot."""
         from ediff_core.paint_with_words import phrase_positions
 
-        from .painting import paint_spec, phrase_checked
+        from .painting import check_phrase_tokens, checked_phrases, paint_spec, phrase_checked
 
         self.check(request)
-        spec = paint_spec(sketch, phrases)
-        for phrase in spec.phrases.values():
-            phrase_checked(phrase_positions, self.pipe, request.prompt, phrase)
-        return replace(request, paint=spec)
+        for phrase in checked_phrases(phrases).values():
+            positions = phrase_checked(phrase_positions, self.pipe, request.prompt, phrase)
+            check_phrase_tokens(phrase, positions)
 
-    def paint_with_words(self, request: GenerationRequest, sketch: Image.Image, phrases: dict[str, str]) -> Iterator[Event]:
+        def prepare(req: GenerationRequest) -> GenerationRequest:
+            return replace(req, paint=paint_spec(sketch() if callable(sketch) else sketch, phrases))
+
+        return prepare
+
+    def paint_with_words(self, request: GenerationRequest, sketch: SketchSource, phrases: dict[str, str], client: str | None = None) -> Iterator[Event]:
         """Paint with words: ``phrases`` maps sketch colours ``#rrggbb`` to prompt phrases
-        (optionally ``phrase@strength``)."""
-        yield from self.run(self.paint_request(request, sketch, phrases))
+        (optionally ``phrase@strength``); ``sketch`` may be a callable that reads the upload."""
+        yield from self.run(request, client, self.paint_prepare(request, sketch, phrases))
 
     # ------------------------------------------------------------ description
 
@@ -175,6 +192,8 @@ class Model:
             "queue_depth": s.depth,
             "running": s.running,
             "max_queue": s.max_queue,
+            "clients": s.ledger.clients(),
+            "max_per_client": s.ledger.limits.max_in_flight,
             "uptime_s": round(time.time() - self.started, 1),
             "scheduler": s.stats.as_dict(),
         }
@@ -211,4 +230,4 @@ def merge_tickets(tickets: list[Ticket], poll_s: float = 0.02) -> Iterator[tuple
             tickets[min(left)].finished.wait(poll_s)
 
 
-__all__ = ["Model", "ModelLike", "Busy", "Cancelled", "Event", "pick_device", "apply_compile", "merge_tickets"]
+__all__ = ["Model", "ModelLike", "Busy", "Cancelled", "TooManyRequests", "Event", "pick_device", "apply_compile", "merge_tickets"]

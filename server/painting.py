@@ -21,6 +21,13 @@ from ediff_core.request import RequestError
 PALETTE: dict[str, tuple[int, int, int]] = dict(COLORS)
 _HEX = re.compile(r"^#?([0-9a-fA-F]{6})$")
 
+# Bounds on the work one request can ask for before it is admitted (issue #24.2): masks are one
+# (H, W) plane per phrase, so the phrase count and the sketch's size bound the rasterising.
+MAX_PHRASES = 16
+MAX_PHRASE_CHARS = 200
+MAX_PHRASE_TOKENS = 32
+SKETCH_SIDE = 512  # sketches are downscaled (nearest: colours stay exact) to this before masks
+
 
 def hex_colour(rgb: tuple[int, int, int]) -> str:
     return "#{:02x}{:02x}{:02x}".format(*rgb)
@@ -37,7 +44,10 @@ def parse_colour(text: str, field: str = "phrases") -> tuple[int, int, int]:
         return int(v[0:2], 16), int(v[2:4], 16), int(v[4:6], 16)
     m = re.match(r"^rgba?\(\s*([\d.]+)\s*,\s*([\d.]+)\s*,\s*([\d.]+)", t)
     if m:
-        return tuple(int(round(float(x))) for x in m.groups())  # type: ignore[return-value]
+        rgb = tuple(int(round(float(x))) for x in m.groups())
+        if all(0 <= c <= 255 for c in rgb):
+            return rgb  # type: ignore[return-value]
+        raise RequestError(field, f"colour {text!r}: each of r, g, b must be from 0 to 255")
     raise RequestError(field, f"colour {text!r} is not #RRGGBB, rgb(r, g, b) or one of {', '.join(PALETTE)}")
 
 
@@ -65,14 +75,47 @@ def parse_phrases(value: Any, field: str = "phrases") -> dict[str, str]:
             items.append((c, p))
     else:
         raise RequestError(field, 'must be {"#RRGGBB": "phrase"} or ["#RRGGBB=phrase", ...]')
+    if len(items) > MAX_PHRASES:
+        raise RequestError(field, f"at most {MAX_PHRASES} colours; got {len(items)}")
     out: dict[str, str] = {}
     for colour, phrase in items:
         if not isinstance(phrase, str):
             raise RequestError(field, f"phrase for {colour} must be text")
         phrase = phrase.strip()
+        if len(phrase) > MAX_PHRASE_CHARS:
+            raise RequestError(field, f"a phrase has at most {MAX_PHRASE_CHARS} characters; the one for {colour} has {len(phrase)}")
         if phrase:
             out[hex_colour(parse_colour(colour, field))] = phrase
     return out
+
+
+def checked_phrases(phrases: dict[str, str], field: str = "phrases") -> dict[str, str]:
+    """The caps of ``parse_phrases`` on an already parsed map; returns colour -> phrase without ``@strength``."""
+    if not phrases:
+        raise RequestError(field, "map at least one colour of the sketch to a phrase of the prompt")
+    if len(phrases) > MAX_PHRASES:
+        raise RequestError(field, f"at most {MAX_PHRASES} colours; got {len(phrases)}")
+    out = {}
+    for colour, phrase in phrases.items():
+        if not isinstance(phrase, str) or len(phrase) > MAX_PHRASE_CHARS:
+            raise RequestError(field, f"the phrase for {colour} must be text of at most {MAX_PHRASE_CHARS} characters")
+        out[colour] = phrase.rpartition("@")[0].strip() if "@" in phrase else phrase.strip()
+    return out
+
+
+def check_phrase_tokens(phrase: str, positions: tuple[list[int], list[int]], field: str = "phrases") -> None:
+    """Refuses a phrase that covers more than ``MAX_PHRASE_TOKENS`` tokens of either encoder."""
+    n = max(len(p) for p in positions)
+    if n > MAX_PHRASE_TOKENS:
+        raise RequestError(field, f"a phrase covers at most {MAX_PHRASE_TOKENS} tokens; '{phrase[:40]}' covers {n}")
+
+
+def downscaled(sketch: Image.Image, side: int = SKETCH_SIDE) -> Image.Image:
+    """The sketch at most ``side`` pixels on its long side (nearest neighbour keeps brush colours)."""
+    if max(sketch.size) <= side:
+        return sketch
+    k = side / max(sketch.size)
+    return sketch.resize((max(1, round(sketch.width * k)), max(1, round(sketch.height * k))), Image.NEAREST)
 
 
 def _renamed(e: RequestError) -> RequestError:
@@ -85,15 +128,15 @@ def _renamed(e: RequestError) -> RequestError:
 def paint_spec(sketch: Image.Image, phrases: dict[str, str]) -> Any:
     """A ``PaintSpec`` from a sketch and ``{"#rrggbb": "phrase[@strength]"}``.
 
-    Refuses at once an empty map and a sketch in which no mapped colour appears (the masks are
-    computed once, small, to check), so such a request never takes a slot in the queue.
+    The sketch is downscaled to ``SKETCH_SIDE`` first; an empty map, too many phrases and a sketch
+    in which no mapped colour appears are refused (the masks are computed once, small, to check).
+    The server runs this in the request's slot (``Model.paint_prepare``).
     """
     from ediff_core.paint_with_words import PaintSpec
 
-    if not phrases:
-        raise RequestError("phrases", "map at least one colour of the sketch to a phrase of the prompt")
+    checked_phrases(phrases)
     try:
-        spec = PaintSpec.from_cli(sketch, [f"{c}={p}" for c, p in phrases.items()])
+        spec = PaintSpec.from_cli(downscaled(sketch), [f"{c}={p}" for c, p in phrases.items()])
         spec.masks(64, 64)
     except RequestError as e:
         raise _renamed(e) from None

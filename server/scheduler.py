@@ -9,7 +9,9 @@ routes every sample by its own σ (§4.1), so requests at different steps — or
 guidance scales, which are per sample — share U-Net calls.
 
 Admission is bounded: past ``max_queue`` waiting + running requests, ``submit`` raises ``Busy``
-at once. A cancelled ticket (client gone) stops at its next evaluation and frees its slot; an
+at once, and past its client's share (``fairness.Ledger``) ``TooManyRequests``. Work a request
+needs before its first evaluation (decoding a sketch, rasterising its masks: ``prepare``) runs in
+its worker once it holds a slot, so requests waiting for a slot cost no CPU. A cancelled ticket (client gone) stops at its next evaluation and frees its slot; an
 error in one request never stops the loop or the other requests.
 """
 
@@ -31,6 +33,8 @@ from ediff_core.experts import ExpertEnsemble
 from ediff_core.guidance import CFGDenoiser, GuidedCond, ThresholdedDenoiser
 from ediff_core.pipeline import EDiffPipeline, GenerationResult, Progress, Stage
 from ediff_core.request import GenerationRequest
+
+from .fairness import ClientLimits, Ledger, TooManyRequests
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +73,11 @@ class Ticket:
 
     _ids = itertools.count(1)
 
-    def __init__(self, request: GenerationRequest):
+    def __init__(self, request: GenerationRequest, client: str | None = None, cost: float = 0.0, prepare: Callable[[GenerationRequest], GenerationRequest] | None = None):
         self.id = next(Ticket._ids)
         self.request = request
+        self.client, self.cost, self.prepare = client, cost, prepare
+        self.released = False  # its share is back in its client's budget
         self.events: queue.Queue = queue.Queue()
         self.cancelled = threading.Event()
         self.finished = threading.Event()
@@ -115,7 +121,8 @@ class SchedulerStats:
     completed: int = 0
     failed: int = 0
     cancelled: int = 0
-    refused: int = 0
+    refused: int = 0  # the queue was full (503)
+    throttled: int = 0  # the client's share was in flight (429)
     evaluations: int = 0  # per-request denoiser evaluations served
     calls: int = 0  # denoiser calls actually run (each may serve several evaluations)
     max_batch_samples: int = 0  # most samples (before CFG doubling) in one call
@@ -180,10 +187,12 @@ class Scheduler:
             unless every running request is already waiting (then it runs at once).
         max_batch: most samples in one denoiser call (before CFG doubles them); bigger groups
             are split.
+        limits: each client's share (requests and cost in flight); see ``fairness``.
     """
 
-    def __init__(self, pipe: EDiffPipeline, max_queue: int = 32, max_running: int = 16, batch_window_ms: float = 5.0, max_batch: int = 64):
+    def __init__(self, pipe: EDiffPipeline, max_queue: int = 32, max_running: int = 16, batch_window_ms: float = 5.0, max_batch: int = 64, limits: ClientLimits | None = None):
         self.pipe = pipe
+        self.ledger = Ledger(limits or ClientLimits())
         self.max_queue, self.max_running = max_queue, max_running
         self.batch_window = batch_window_ms / 1000.0
         self.max_batch = max_batch
@@ -215,15 +224,26 @@ class Scheduler:
         """Admits a request and starts its worker, or raises ``Busy`` at the queue bound."""
         return self.submit_many([request])[0]
 
-    def submit_many(self, requests: list[GenerationRequest]) -> list[Ticket]:
-        """Admits all the requests (they will share calls) or none: ``Busy`` if they do not fit."""
-        tickets = [Ticket(r) for r in requests]
+    def submit_many(self, requests: list[GenerationRequest], client: str | None = None, costs: list[float] | None = None, prepare: Callable[[GenerationRequest], GenerationRequest] | None = None) -> list[Ticket]:
+        """Admits all the requests (they will share calls) or none.
+
+        Raises ``Busy`` past the queue bound and ``TooManyRequests`` past ``client``'s share;
+        ``costs`` are the requests' ``fairness.request_cost``; ``prepare`` runs in each worker
+        once it holds a slot and returns the request to generate.
+        """
+        costs = costs or [0.0] * len(requests)
+        tickets = [Ticket(r, client, c, prepare) for r, c in zip(requests, costs)]
         with self._cv:
             if self._stop:
                 raise Busy("the server is shutting down")
             if len(self._tickets) + len(tickets) > self.max_queue:
                 self.stats.refused += 1
                 raise Busy(f"busy: {len(self._tickets)} requests queued or running (limit {self.max_queue}); retry later")
+            try:
+                self.ledger.admit(client, costs)
+            except TooManyRequests:
+                self.stats.throttled += 1
+                raise
             self._tickets.update(tickets)
             self.stats.admitted += len(tickets)
         for ticket in tickets:
@@ -245,7 +265,11 @@ class Scheduler:
                 self._generating += 1
             self._local.ticket = ticket
             try:
+                if ticket.prepare is not None:
+                    ticket.request = ticket.prepare(ticket.request)
                 for event in self.pipe.generate(ticket.request, evaluate=self.evaluate):
+                    if isinstance(event, GenerationResult):
+                        self._release(ticket)  # before the client sees its result and sends the next
                     ticket.events.put(event)
             finally:
                 with self._cv:
@@ -254,17 +278,26 @@ class Scheduler:
             outcome = "completed"
         except Cancelled as e:
             outcome = "cancelled"
+            self._release(ticket)
             ticket.events.put(e)
         except BaseException as e:  # the error goes to its own client only
+            self._release(ticket)
             ticket.events.put(e)
         finally:
             if acquired:
                 self._slots.release()
             ticket.state = {"completed": "done"}.get(outcome, outcome)
+            self._release(ticket)
             ticket.finished.set()
             with self._cv:
                 self._tickets.discard(ticket)
                 setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
+
+    def _release(self, ticket: Ticket) -> None:
+        """Gives the ticket's share back to its client, once."""
+        if not ticket.released:
+            ticket.released = True
+            self.ledger.release(ticket.client, ticket.cost)
 
     # ------------------------------------------------------------ the evaluate hook
 

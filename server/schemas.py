@@ -2,6 +2,8 @@
 
 The constraints appear in the OpenAPI description; a violation is answered 422 with
 ``{"field", "message"}`` where the message names the allowed range and the value received.
+Types are strict: ``"steps": "5"``, ``"steps": true`` or ``"dynamic_threshold": 1`` is refused,
+not coerced (a JSON integer is still accepted where a number is expected).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ediff_core.request import MAX_GUIDANCE, MAX_IMAGES, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, GenerationRequest
 
+from .painting import MAX_PHRASE_CHARS, MAX_PHRASES
+
 Sampler = Literal["euler", "heun", "dpmpp_2m"]
 EncoderMode = Literal["both", "t5", "clip"]
 
@@ -20,7 +24,7 @@ EncoderMode = Literal["both", "t5", "clip"]
 class GenerateBody(BaseModel):
     """Text to image. ``null`` for steps/guidance/sampler means the model's defaults."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="what to draw")
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="used in CFG's negative branch")
@@ -62,7 +66,7 @@ class PaintBody(GenerateBody):
     """Paint with words: a colour sketch and which phrase of the prompt each colour paints."""
 
     sketch: str = Field(description="base64 image of the colour sketch")
-    phrases: dict[str, str] | list[str] = Field(description='{"#RRGGBB": "words of the prompt"} or ["#RRGGBB=words", ...]')
+    phrases: dict[str, str] | list[str] = Field(description=f'{{"#RRGGBB": "words of the prompt"}} or ["#RRGGBB=words", ...]; at most {MAX_PHRASES} colours, {MAX_PHRASE_CHARS} characters a phrase')
     pww_weight: float = Field(0.4, ge=0.0, le=10.0, allow_inf_nan=False, description="paint-with-words strength w′")
 
     def phrase_map(self) -> dict[str, str]:
@@ -96,6 +100,11 @@ def describe_validation_error(errors: list[dict], model: type[BaseModel] = Paint
     """FastAPI's validation errors as ``{"field", "message", "errors"}`` naming the first field."""
     out = []
     for e in errors:
+        if e.get("type") == "json_invalid":  # loc is (body, byte offset): the offset is no field
+            where = [p for p in e.get("loc", ()) if isinstance(p, int)]
+            at = f" at byte {where[0]}" if where else ""
+            out.append({"field": "body", "message": f"body: is not valid JSON{at} ({e.get('ctx', {}).get('error', 'malformed')})", "type": "json_invalid"})
+            continue
         loc = [str(p) for p in e.get("loc", ()) if p != "body"]
         field = loc[0] if loc else "body"
         allowed = _allowed(model, field) if len(loc) == 1 else ""

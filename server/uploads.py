@@ -21,7 +21,7 @@ from ediff_core.request import RequestError
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024  # an encoded image, before decoding
 MAX_UPLOAD_PIXELS = 4096 * 4096  # width × height, read from the header before decoding
 MAX_UPLOAD_SIDE = 8192
-ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")  # as the docs say; GIF and BMP are refused by name
 
 
 def decode_image(data: bytes, field: str) -> Image.Image:
@@ -39,10 +39,14 @@ def decode_image(data: bytes, field: str) -> Image.Image:
             img = Image.open(io.BytesIO(data))  # reads the header only
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise RequestError(field, f"at most {MAX_UPLOAD_PIXELS} pixels; the image header declares far more") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+    except ValueError as e:
+        if "Too Large" in str(e) or "too large" in str(e):  # PIL's cap on zTXt/iTXt/iCCP chunks
+            raise RequestError(field, "its metadata (a text or ICC profile chunk) is too large; save the image again without metadata") from None
+        raise RequestError(field, "is not an image (expected PNG, JPEG or WebP)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError):
         raise RequestError(field, "is not an image (expected PNG, JPEG or WebP)") from None
     if img.format not in ALLOWED_FORMATS:
-        raise RequestError(field, f"format {img.format} is not accepted; use one of {', '.join(ALLOWED_FORMATS)}")
+        raise RequestError(field, f"format {img.format} is not accepted; use PNG, JPEG or WebP")
     w, h = img.size
     if w * h > MAX_UPLOAD_PIXELS or max(w, h) > MAX_UPLOAD_SIDE:
         raise RequestError(field, f"at most {MAX_UPLOAD_PIXELS} pixels and {MAX_UPLOAD_SIDE} per side; got {w}x{h}")
@@ -57,14 +61,21 @@ def decode_image(data: bytes, field: str) -> Image.Image:
     return img
 
 
-def decode_base64_image(text: str, field: str) -> Image.Image:
-    """A base64 string (optionally a ``data:image/...;base64,`` URL) to an image, limits first."""
+def check_base64_size(text: str, field: str) -> str:
+    """The base64 part of ``text`` (a ``data:`` URL prefix dropped), refused when too long to be
+    an accepted image; costs nothing, so the server checks it before admitting the request."""
     if not isinstance(text, str) or not text:
         raise RequestError(field, "must be a base64-encoded image")
     if text.startswith("data:"):
         text = text.split(",", 1)[-1]
     if len(text) > (MAX_UPLOAD_BYTES * 4) // 3 + 8:
         raise RequestError(field, f"at most {MAX_UPLOAD_BYTES} bytes once decoded; got about {len(text) * 3 // 4}")
+    return text
+
+
+def decode_base64_image(text: str, field: str) -> Image.Image:
+    """A base64 string (optionally a ``data:image/...;base64,`` URL) to an image, limits first."""
+    text = check_base64_size(text, field)
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):

@@ -26,7 +26,7 @@ BLUE = (35, 85, 215)
 
 @pytest.fixture(scope="module")
 def app(tiny_model):
-    return shared_app("--model", str(tiny_model), "--max-queue", "16", "--max-running", "16")
+    return shared_app("--model", str(tiny_model), "--max-queue", "16", "--max-running", "16", "--max-per-client", "16", "--client-budget", "1e9")
 
 
 @pytest.fixture(scope="module")

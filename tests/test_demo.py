@@ -27,7 +27,7 @@ FAST = {"steps": 3}
 
 @pytest.fixture(scope="module")
 def app(tiny_model):
-    return shared_app("--model", str(tiny_model), "--max-queue", "16", "--max-running", "16")
+    return shared_app("--model", str(tiny_model), "--max-queue", "16", "--max-running", "16", "--max-per-client", "16", "--client-budget", "1e9")
 
 
 @pytest.fixture(scope="module")
