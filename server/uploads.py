@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -84,17 +86,27 @@ def decode_base64_image(text: str, field: str) -> Image.Image:
 
 
 def read_uploaded_file(path: str | Path | None, field: str) -> Image.Image:
-    """An image from a file the Gradio server stored for an upload (size checked before reading)."""
+    """An image from a file the Gradio server stored for an upload.
+
+    Gradio has already refused paths outside this instance's upload folder (``app.py``); inside
+    it, only a regular file is read (no FIFO, device or link, which a client could not upload but
+    a local user could plant), opened without blocking and read to at most the byte limit + 1.
+    Every refusal has the same text, so it never says what is at the path.
+    """
     if path is None or path == "":
         raise RequestError(field, "is required; upload an image")
-    p = Path(path)
+    refused = RequestError(field, "must be a file uploaded to this server with the request; upload the image")
     try:
-        size = p.stat().st_size
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except OSError:
-        raise RequestError(field, "the uploaded file is gone; upload it again") from None
-    if size > MAX_UPLOAD_BYTES:
-        raise RequestError(field, f"at most {MAX_UPLOAD_BYTES} bytes; got {size}")
-    return decode_image(p.read_bytes(), field)
+        raise refused from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise refused
+        data = f.read(MAX_UPLOAD_BYTES + 1)
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise RequestError(field, f"at most {MAX_UPLOAD_BYTES} bytes; got more")
+    return decode_image(data, field)
 
 
 def encode_png(img: Image.Image, pnginfo=None) -> bytes:

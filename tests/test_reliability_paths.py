@@ -56,7 +56,6 @@ def refused_within_a_second(app, path: str) -> str:
     return json.loads(payload).get("error") or ""
 
 
-@pytest.mark.xfail(strict=True, reason="#24.1 pending on main: a FIFO inside the upload folder passes the folder check and is opened; the request blocks until a writer closes it")
 def test_a_fifo_inside_the_upload_folder_is_refused(app, upload_dir):
     fifo = upload_dir / "inside.png"
     os.mkfifo(fifo)
