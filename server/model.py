@@ -78,7 +78,6 @@ class Model:
         self.scheduler = Scheduler(pipe, max_queue=max_queue, max_running=max_running, batch_window_ms=batch_window_ms)
         self.backend = "eager"
         self.started = time.time()
-        _install_attention_processors(pipe)
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "auto", compile: str = "none", **kwargs) -> "Model":
@@ -181,16 +180,6 @@ class Model:
 
     def close(self) -> None:
         self.scheduler.close()
-
-
-def _install_attention_processors(pipe: EDiffPipeline) -> None:
-    """Installs the paint-with-words / attention-recording processors once, before serving, so
-    no request swaps processors while the batching loop runs the networks (they change no output)."""
-    try:
-        from ediff_core.paint_with_words import install_paint_with_words
-    except ImportError:
-        return
-    install_paint_with_words(pipe)
 
 
 def merge_tickets(tickets: list[Ticket], poll_s: float = 0.02) -> Iterator[tuple[int, Event]]:
