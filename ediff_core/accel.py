@@ -376,16 +376,3 @@ def compile_pipeline(pipe, mode: str = "auto", cache_dir: str | Path | None = No
     (log.warning if fell_back else log.info)("--compile %s → %s", mode, report.reason)
     return report
 
-
-def warmup(pipe, batch_sizes: tuple[int, ...] = (1, 2)) -> None:
-    """Runs every U-Net once per batch size so torch.compile's graphs are built before serving."""
-    with torch.inference_mode():
-        for _, net, res in _networks(pipe):
-            fwd = net.unet.__dict__.get("forward")
-            if not isinstance(fwd, FastForward):
-                continue
-            shapes = unet_shapes(net, res, pipe.encoders.clip_text.max_length, pipe.encoders.t5.max_length)
-            dtype = next(net.parameters()).dtype
-            for b in batch_sizes:
-                x, t, e, c, m = shapes.example(b, dtype, pipe.device)
-                net.unet(x, t, encoder_hidden_states=e, class_labels=c, encoder_attention_mask=m.bool(), return_dict=False)

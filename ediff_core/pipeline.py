@@ -310,7 +310,7 @@ class EDiffPipeline:
         """The conditioning in force at σ: prompt switching (Fig. 4) and the style σ window."""
         if switched is not None and sigma < req.switch_sigma:
             gc = switched
-        if req.style_sigma is not None and not (req.style_sigma[0] <= sigma <= req.style_sigma[1]):
+        if not style_active(sigma, req.style_sigma):
             keep = torch.ones_like(gc.cond.keep)
             keep[:, 2] = False
             gc = GuidedCond(gc.cond.with_keep(keep), gc.uncond, gc.scale)
