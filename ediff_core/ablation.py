@@ -8,23 +8,14 @@ encoder at inference is exactly training-time dropout (App. A), so no retraining
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .conditioning import ENCODER_MODES
-
 if TYPE_CHECKING:
-    from .pipeline import EDiffPipeline, GenerationResult
-    from .request import GenerationRequest
+    from .pipeline import GenerationResult
 
 MODE_LABELS = {"both": "T5 + CLIP", "t5": "T5 only", "clip": "CLIP only"}
-
-
-def compare_encoders(pipe: "EDiffPipeline", req: "GenerationRequest", modes: Sequence[str] = ENCODER_MODES) -> dict[str, "GenerationResult"]:
-    """``{mode: result}`` for each encoder mode ('both', 't5', 'clip'), all with ``req.seed``."""
-    return {mode: pipe(replace(req, encoders=mode)) for mode in modes}
 
 
 def grid(images: Sequence[Image.Image], labels: Sequence[str], tile: int = 192, label_height: int = 22) -> Image.Image:

@@ -27,10 +27,12 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
+
+from .attention import needs_python_attention
 
 log = logging.getLogger(__name__)
 
@@ -242,14 +244,9 @@ def _compile_tensorrt(unet: nn.Module, shapes: UNetShapes, cache_dir: Path, max_
 
 
 def _needs_eager(cross_attention_kwargs: dict | None) -> bool:
-    """Paint-with-words maps or an attention-recording hook need the Python attention processors."""
-    if not cross_attention_kwargs:
-        return False
-    from .paint_with_words import current_attention_hook
-
-    cond = cross_attention_kwargs.get("cond")
-    extra = set(cross_attention_kwargs) - {"cond", "sigma"}
-    return bool(extra) or current_attention_hook() is not None or (cond is not None and cond.token_maps is not None)
+    """Keyword arguments the compiled core does not take, or a call that needs the Python attention processors."""
+    kw = cross_attention_kwargs or {}
+    return bool(set(kw) - {"cond", "sigma"}) or needs_python_attention(kw.get("cond"))
 
 
 class FastForward:
@@ -310,13 +307,10 @@ def restore(net: nn.Module) -> None:
         del net.unet.forward
 
 
-def _networks(pipe) -> list[tuple[str, nn.Module, int]]:
+def _networks(pipe) -> Iterator[tuple[str, nn.Module, int]]:
     """("stage/expert", EDiffUNet, resolution) for every network of the cascade."""
-    out = []
-    for stage in pipe.stages:
-        for spec, expert in zip(stage.ensemble.specs, stage.ensemble.experts):
-            out.append((f"{stage.name}/{spec.name}", expert.net, stage.resolution))
-    return out
+    for stage, spec, net in pipe.networks():
+        yield f"{stage.name}/{spec.name}", net, stage.resolution
 
 
 def restore_pipeline(pipe) -> None:
@@ -382,16 +376,3 @@ def compile_pipeline(pipe, mode: str = "auto", cache_dir: str | Path | None = No
     (log.warning if fell_back else log.info)("--compile %s → %s", mode, report.reason)
     return report
 
-
-def warmup(pipe, batch_sizes: tuple[int, ...] = (1, 2)) -> None:
-    """Runs every U-Net once per batch size so torch.compile's graphs are built before serving."""
-    with torch.inference_mode():
-        for _, net, res in _networks(pipe):
-            fwd = net.unet.__dict__.get("forward")
-            if not isinstance(fwd, FastForward):
-                continue
-            shapes = unet_shapes(net, res, pipe.encoders.clip_text.max_length, pipe.encoders.t5.max_length)
-            dtype = next(net.parameters()).dtype
-            for b in batch_sizes:
-                x, t, e, c, m = shapes.example(b, dtype, pipe.device)
-                net.unet(x, t, encoder_hidden_states=e, class_labels=c, encoder_attention_mask=m.bool(), return_dict=False)

@@ -1,7 +1,7 @@
 """Cross-attention maps per token and σ (eDiff-I Fig. 3, §1): where the text steers the image.
 
 During the base stage every cross-attention layer hands its probabilities softmax(QKᵀ/√d_k) to an
-``AttentionRecorder`` (through ``paint_with_words.attention_hook``), which averages them over heads
+``AttentionRecorder`` (through ``attention.attention_hook``), which averages them over heads
 and layers for each denoiser evaluation. The paper's observation is read off ``share_on_null``:
 at high σ the attention goes to the text tokens, at low σ mostly to the null token.
 """
@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from .attention import attention_hook, layer_hw
 from .conditioning import key_layout
-from .paint_with_words import attention_hook, install_paint_with_words, layer_hw, phrase_positions
+from .paint_with_words import phrase_positions
 from .request import RequestError
 
 if TYPE_CHECKING:
@@ -56,7 +57,6 @@ class AttentionRecorder:
 
     @classmethod
     def for_request(cls, pipe: "EDiffPipeline", req: "GenerationRequest") -> "AttentionRecorder":
-        install_paint_with_words(pipe)
         cfg = pipe.base.ensemble.experts[0].net.config
         levels = [i for i, a in enumerate(cfg.attention) if a]
         map_size = pipe.base.resolution >> (levels[0] if levels else 0)

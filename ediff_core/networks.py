@@ -15,6 +15,7 @@ from diffusers import ModelMixin, UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import Tensor
 
+from .attention import needs_python_attention
 from .conditioning import Cond, ConditionProjector
 from .precond import EDMPrecond
 
@@ -105,9 +106,9 @@ class EDiffUNet(ModelMixin, ConfigMixin):
         tokens, mask, global_vec = self.projector(cond)
         dtype = x_in.dtype
         kwargs = {}
-        if cond.token_maps is not None or getattr(self, "cond_attention", False):
-            # Paint-with-words / attention-recording processors (§4.3, Fig. 3) read the conditioning
-            # and σ = exp(4·c_noise), since c_noise = ¼·ln σ (§3); set by install_paint_with_words.
+        if needs_python_attention(cond):
+            # Paint-with-words / attention recording (§4.3, Fig. 3): the processors read the
+            # conditioning and σ = exp(4·c_noise), since c_noise = ¼·ln σ (§3).
             kwargs["cross_attention_kwargs"] = {"cond": cond, "sigma": torch.exp(4 * c_noise.float())}
         return self.unet(
             x_in,

@@ -9,24 +9,26 @@ key sequence ``[null | CLIP 77 | T5 L | image]``. Every cross-attention layer th
 with A the masks bilinearly downsampled to the layer's resolution (§4.3). ``w′`` is the request's
 ``pww_weight``; it is zero in classifier-free guidance's unconditional branch, so only the
 conditional branch is steered.
+
+This module is that chain only: sketch -> masks (``PaintSpec.masks``) -> token maps over the key
+sequence (``token_maps``) -> the bias w·A (``PaintBias``). The processor that adds the bias inside
+cross-attention is ``attention.EDiffAttnProcessor``.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from PIL import Image
 from torch import Tensor
 
+from .attention import layer_hw
 from .conditioning import Cond, key_layout
 from .request import RequestError
 from .style import checked_image
@@ -251,49 +253,14 @@ def token_maps(pipe: "EDiffPipeline", req: "GenerationRequest", cond: Cond, note
         cols = [layout["clip"].start + p for p in clip_pos] + [layout["t5"].start + p for p in t5_pos]
         value = (mask * spec.strength(phrase)).to(cond.device)
         maps[:, cols] = torch.maximum(maps[:, cols], value)  # phrases sharing a token: the larger mask
-    install_paint_with_words(pipe)
     if notes is not None and pm.warnings:
         notes.setdefault("paint_warnings", []).extend(pm.warnings)
     return replace(cond, token_maps=maps, pww_weight=torch.full((B,), float(req.pww_weight), device=cond.device))
 
 
-# ---- the attention processor -------------------------------------------------------------------
-AttentionHook = Callable[[Tensor, "Tensor | None"], None]  # (probs (B, heads, N, S), σ (B,))
-_local = threading.local()
-
-
-@contextmanager
-def attention_hook(hook: AttentionHook) -> Iterator[None]:
-    """Within this block (this thread only), cross-attention probabilities are passed to ``hook``."""
-    previous = getattr(_local, "hook", None)
-    _local.hook = hook
-    try:
-        yield
-    finally:
-        _local.hook = previous
-
-
-def current_attention_hook() -> AttentionHook | None:
-    """The hook ``attention_hook`` set in this thread, if any (for code that moves evaluations
-    between threads, e.g. a batching server: it must re-enter ``attention_hook`` there)."""
-    return getattr(_local, "hook", None)
-
-
-def layer_hw(n_tokens: int, height: int, width: int) -> tuple[int, int]:
-    """The (h, w) grid of a layer with ``n_tokens`` image tokens for a (height, width) sample."""
-    f = math.sqrt(height * width / n_tokens)
-    h = max(1, round(height / f))
-    w = n_tokens // h
-    if h * w != n_tokens:
-        raise ValueError(f"{n_tokens} image tokens do not form a grid of aspect {height}:{width}")
-    return h, w
-
-
-class PaintWithWordsProcessor(AttnProcessor2_0):
-    """diffusers' ``AttnProcessor2_0`` plus the paint-with-words bias (§4.3) and attention recording.
-
-    Without token maps (or with w′ = 0 everywhere) and without a recording hook it runs the stock
-    processor unchanged, so installing it alters nothing. Self-attention always runs stock.
+# ---- the bias -----------------------------------------------------------------------------------
+class PaintBias:
+    """The paint-with-words bias w·A (§4.3), an ``attention.AttentionBias``.
 
     Args:
         weighting: 'max' is the paper's w = w′·log(1+σ)·max(QKᵀ) (the magnitude of the max, so the
@@ -301,61 +268,11 @@ class PaintWithWordsProcessor(AttnProcessor2_0):
     """
 
     def __init__(self, weighting: str = "max"):
-        super().__init__()
         if weighting not in ("max", "std"):
             raise ValueError(f"weighting must be 'max' or 'std'; got {weighting!r}")
         self.weighting = weighting
 
-    def __call__(self, attn: Attention, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
-                 attention_mask: Tensor | None = None, temb: Tensor | None = None,
-                 cond: Cond | None = None, sigma: Tensor | None = None) -> Tensor:
-        cross = attn.is_cross_attention and encoder_hidden_states is not None
-        hook = current_attention_hook() if cross else None
-        paint = cross and cond is not None and cond.token_maps is not None and cond.pww_weight is not None and bool((cond.pww_weight != 0).any())
-        if not (paint or hook):
-            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-        # The stock processor with the attention written out (mirrors AttnProcessor2_0).
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
-        B, N, _ = hidden_states.shape
-        S = encoder_hidden_states.shape[1]
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, S, B).view(B, attn.heads, -1, S)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        query = attn.to_q(hidden_states)
-        if attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key, value = attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states)
-        head_dim = key.shape[-1] // attn.heads
-        query = query.view(B, -1, attn.heads, head_dim).transpose(1, 2)  # (B, heads, N, d)
-        key = key.view(B, -1, attn.heads, head_dim).transpose(1, 2)  # (B, heads, S, d)
-        value = value.view(B, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        scores = (query.float() @ key.float().transpose(-1, -2)) / math.sqrt(head_dim)  # QKᵀ/√d_k: (B, heads, N, S)
-        logits = scores if attention_mask is None else scores + attention_mask.float()
-        if paint:
-            logits = logits + self.bias(scores, attention_mask, cond, sigma, N)
-        probs = logits.softmax(-1)  # (B, heads, N, S)
-        if hook is not None:
-            hook(probs, sigma)
-        hidden_states = (probs.to(value.dtype) @ value).transpose(1, 2).reshape(B, -1, attn.heads * head_dim)
-        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states.to(query.dtype)))
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
-
-    def bias(self, scores: Tensor, attention_mask: Tensor | None, cond: Cond, sigma: Tensor | None, n_tokens: int) -> Tensor:
+    def __call__(self, scores: Tensor, attention_mask: Tensor | None, cond: Cond, sigma: Tensor | None, n_tokens: int) -> Tensor:
         """w·A/√d_k (§4.3) in the units of ``scores`` = QKᵀ/√d_k: (B, 1, N, S)."""
         if sigma is None:
             raise ValueError("paint-with-words needs σ; run the network through EDiffUNet, which passes it")
@@ -373,31 +290,3 @@ class PaintWithWordsProcessor(AttnProcessor2_0):
             stat = (((flat - mean[:, None]) ** 2).where(ok, 0.0).sum(1) / (n - 1).clamp(min=1)).sqrt()
         wt = cond.pww_weight.to(scores.device, torch.float32) * torch.log1p(sigma.to(scores.device, torch.float32)) * stat  # (B,)
         return (wt[:, None, None] * A)[:, None]
-
-
-def install_processors(net, weighting: str | None = None) -> None:
-    """Puts ``PaintWithWordsProcessor`` on every attention layer of one ``EDiffUNet`` (idempotent)
-    and tells the network to pass ``cond`` and σ to it. ``weighting`` ('max' | 'std') sets w's
-    statistic; None keeps the installed one ('max' when new)."""
-    for module in net.unet.modules():
-        if isinstance(module, Attention):
-            proc = module.processor
-            if isinstance(proc, PaintWithWordsProcessor):
-                if weighting is not None:
-                    proc.weighting = PaintWithWordsProcessor(weighting).weighting
-            elif type(proc) is AttnProcessor2_0:
-                module.set_processor(PaintWithWordsProcessor(weighting or "max"))
-            else:
-                raise RuntimeError(f"attention processor {type(proc).__name__} is not the stock one; paint-with-words cannot be installed over it")
-    net.cond_attention = True
-
-
-def install_paint_with_words(pipe: "EDiffPipeline", weighting: str | None = None) -> None:
-    """``install_processors`` on every expert U-Net of every stage (idempotent).
-
-    The processor runs stock attention unless a request has token maps or attention is being
-    recorded, so installing it changes no output.
-    """
-    for stage in pipe.stages:
-        for expert in stage.ensemble.experts:
-            install_processors(expert.net, weighting)

@@ -18,14 +18,17 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from torch import Tensor
 
+from .attention import install as install_attention
 from .conditioning import select_encoders
 from .embed import EncoderSet
 from .experts import ExpertEnsemble, ExpertSpec, Interval
 from .guidance import CFGDenoiser, GuidedCond, ThresholdedDenoiser
 from .model_folder import ExpertEntry, ModelIndex, StageEntry, default_model_path, read_index, resolve_folder, write_index
 from .networks import EDiffUNet, denoiser
+from .paint_with_words import PaintBias, token_maps
 from .request import GenerationRequest
 from .samplers import Step, get_sampler, initial_noise, karras_sigmas, nfe
+from .style import reference_tensor, style_active
 
 DEFAULTS = {"steps": 25, "sr_steps": 10, "guidance": 3.0, "sr_guidance": 1.0, "sampler": "dpmpp_2m"}
 
@@ -39,6 +42,16 @@ class Stage:
     ensemble: ExpertEnsemble
     aug_sigma: float = 0.0  # SR: noise-conditioning augmentation level of the low-res input
     is_sr: bool = False
+
+    def __post_init__(self) -> None:
+        # Installed once, at load: stock attention unless a call paints or records (§4.3, Fig. 3).
+        for _, net in self.networks():
+            install_attention(net, PaintBias())
+
+    def networks(self) -> Iterator[tuple[ExpertSpec, EDiffUNet]]:
+        """Each expert's spec and raw U-Net, in the ensemble's order."""
+        for spec, expert in zip(self.ensemble.specs, self.ensemble.experts):
+            yield spec, expert.net
 
 
 @dataclass
@@ -92,6 +105,12 @@ class EDiffPipeline:
     @property
     def stages(self) -> list[Stage]:
         return [self.base, *self.sr]
+
+    def networks(self) -> Iterator[tuple[Stage, ExpertSpec, EDiffUNet]]:
+        """Every raw U-Net of the cascade with its stage and expert spec (base first)."""
+        for stage in self.stages:
+            for spec, net in stage.networks():
+                yield stage, spec, net
 
     # ------------------------------------------------------------ loading
 
@@ -193,15 +212,11 @@ class EDiffPipeline:
                 notes.setdefault("truncated", []).append(f"{enc.name}: prompt longer than {enc.max_length} tokens was truncated")
         images = None
         if req.style_image is not None and req.style_strength > 0:
-            from .style import reference_tensor
-
             images = reference_tensor(req.style_image).expand(n, -1, -1, -1)
         cond = select_encoders(self.encoders.encode([req.prompt] * n, images, self.device), req.encoders)
         if images is not None:
             cond = replace(cond, image_embed=cond.image_embed * req.style_strength)
         if req.paint is not None:
-            from .paint_with_words import token_maps
-
             cond = token_maps(self, req, cond, notes)
         if req.negative_prompt:
             uncond = select_encoders(self.encoders.encode([req.negative_prompt] * n, None, self.device), req.encoders)
@@ -295,7 +310,7 @@ class EDiffPipeline:
         """The conditioning in force at σ: prompt switching (Fig. 4) and the style σ window."""
         if switched is not None and sigma < req.switch_sigma:
             gc = switched
-        if req.style_sigma is not None and not (req.style_sigma[0] <= sigma <= req.style_sigma[1]):
+        if not style_active(sigma, req.style_sigma):
             keep = torch.ones_like(gc.cond.keep)
             keep[:, 2] = False
             gc = GuidedCond(gc.cond.with_keep(keep), gc.uncond, gc.scale)

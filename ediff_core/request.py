@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from PIL import Image
@@ -64,7 +64,6 @@ class GenerationRequest:
     sigma_max: float = 80.0
     sigma_min: float = 0.002
     attention_maps: bool = False  # record per-token cross-attention maps (Fig. 3)
-    extra: dict = field(default_factory=dict)
 
     def validate(self) -> "GenerationRequest":
         """Raises ``RequestError`` naming the first bad field; returns self."""
@@ -109,7 +108,7 @@ class GenerationRequest:
 
     def settings(self) -> dict:
         """JSON-able settings for metadata (images and sketches summarised)."""
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["style_image"] = None if self.style_image is None else f"{self.style_image.width}x{self.style_image.height}"
         d["paint"] = None if self.paint is None else (self.paint.describe() if hasattr(self.paint, "describe") else repr(self.paint))
         return d

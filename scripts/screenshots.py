@@ -14,7 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from demo.page_geometry import CHROMIUM, CHROMIUM_ARGS, SIZES, TABS, first_screen, open_tab  # noqa: E402
-from server.testing import start_app  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from live_server import start_app  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)

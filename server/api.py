@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel
 
-from ediff_core.ablation import MODE_LABELS, grid
+from ediff_core.ablation import ablation_grid
 from ediff_core.pipeline import GenerationResult, Progress
 from ediff_core.request import GenerationRequest, RequestError
 
@@ -246,7 +246,7 @@ def create_api(model: Model, auth: tuple[str, str] | None = None, title: str = "
 
         def finish(results: list[GenerationResult]) -> dict:
             out = {"modes": {m: result_json(r) for m, r in zip(modes, results)}}
-            strip = grid([r.images[0] for r in results], [MODE_LABELS[m] for m in modes])
+            strip = ablation_grid(dict(zip(modes, results)))
             out["grid_png_base64"] = base64.b64encode(encode_png(strip)).decode()
             return out
 

@@ -7,7 +7,6 @@ the networks, so one process serves every UI session and API client from one cop
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import time
 from dataclasses import replace
@@ -16,6 +15,7 @@ from typing import Callable, Iterator, Protocol, Sequence
 
 from PIL import Image
 
+from ediff_core import accel
 from ediff_core.conditioning import ENCODER_MODES
 from ediff_core.pipeline import EDiffPipeline, GenerationResult, Progress
 from ediff_core.request import GenerationRequest, RequestError, pick_device
@@ -47,22 +47,17 @@ class ModelLike(Protocol):
 
 
 def apply_compile(pipe: EDiffPipeline, mode: str) -> tuple[str, int | None]:
-    """Accelerates the U-Nets with ``ediff_core.accel`` (when that module exists).
+    """Accelerates the U-Nets with ``ediff_core.accel``.
 
     Returns what runs (``str`` of its report: "tensorrt", "torch.compile" or "eager") and the
     largest U-Net batch the backend serves fast (TensorRT engines have one; None = any).
     """
     if mode == "none":
         return "eager", None
-    if importlib.util.find_spec("ediff_core.accel") is None:
-        log.warning("--compile %s: ediff_core.accel is not available; running eager", mode)
-        return "eager (compile unavailable)", None
-    from ediff_core import accel
-
     report = accel.compile_pipeline(pipe, mode)
-    log.info("compile %s: %s", mode, getattr(report, "reason", report))
+    log.info("compile %s: %s", mode, report.reason)
     backend = str(report)
-    return backend, getattr(accel, "MAX_BATCH", None) if backend == "tensorrt" else None
+    return backend, accel.MAX_BATCH if backend == "tensorrt" else None
 
 
 class Model:
@@ -83,7 +78,6 @@ class Model:
         self.scheduler = Scheduler(pipe, max_queue=max_queue, max_running=max_running, batch_window_ms=batch_window_ms, limits=limits)
         self.backend = "eager"
         self.started = time.time()
-        _install_attention_processors(pipe)
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "auto", compile: str = "none", **kwargs) -> "Model":
@@ -200,16 +194,6 @@ class Model:
 
     def close(self) -> None:
         self.scheduler.close()
-
-
-def _install_attention_processors(pipe: EDiffPipeline) -> None:
-    """Installs the paint-with-words / attention-recording processors once, before serving, so
-    no request swaps processors while the batching loop runs the networks (they change no output)."""
-    try:
-        from ediff_core.paint_with_words import install_paint_with_words
-    except ImportError:
-        return
-    install_paint_with_words(pipe)
 
 
 def merge_tickets(tickets: list[Ticket], poll_s: float = 0.02) -> Iterator[tuple[int, Event]]:

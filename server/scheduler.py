@@ -29,6 +29,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor
 
+from ediff_core.attention import attention_hook, current_attention_hook
 from ediff_core.experts import ExpertEnsemble
 from ediff_core.guidance import CFGDenoiser, GuidedCond, ThresholdedDenoiser
 from ediff_core.pipeline import EDiffPipeline, GenerationResult, Progress, Stage
@@ -150,20 +151,6 @@ def wrapper_key(D: Callable) -> tuple | None:
     if isinstance(D, ExpertEnsemble):
         return ("ensemble", id(D))
     return None
-
-
-def _attention_hook() -> Callable | None:
-    """The attention-recording hook the calling (worker) thread has set, if any.
-
-    ``AttentionRecorder`` sets it thread-locally around ``evaluate``; the network runs in the
-    batching loop's thread, so the hook travels with the evaluation and that evaluation runs alone
-    (the recorder reads the first rows of the batch as its own).
-    """
-    try:
-        from ediff_core.paint_with_words import current_attention_hook
-    except ImportError:
-        return None
-    return current_attention_hook()
 
 
 def _cond_signature(gc: GuidedCond) -> tuple:
@@ -308,7 +295,10 @@ class Scheduler:
             return D(x, sigma, gc)
         if ticket.cancelled.is_set():
             raise Cancelled(f"request {ticket.id} was cancelled")
-        hook = _attention_hook()
+        # The attention-recording hook of this worker thread (``AttentionRecorder`` sets it around
+        # ``evaluate``): it travels with the evaluation, which then runs alone (the recorder reads
+        # the first rows of the batch as its own).
+        hook = current_attention_hook()
         wk = wrapper_key(D)
         base = (id(stage), tuple(x.shape[1:]), x.dtype, x.device, _cond_signature(gc))
         key = (*base, *wk) if wk is not None and hook is None else ("solo", ticket.id, *base)
@@ -393,8 +383,6 @@ class Scheduler:
             if len(items) == 1:
                 it = items[0]
                 if it.hook is not None:  # attention maps (Fig. 3): recorded in this thread, unbatched
-                    from ediff_core.paint_with_words import attention_hook
-
                     with attention_hook(it.hook):
                         outs = [it.D(it.x, it.sigma, it.gc)]
                 else:

@@ -66,7 +66,7 @@ def test_feature_calls_run_eager():
     """Paint-with-words maps and attention-recording hooks bypass the compiled core."""
     from dataclasses import replace
 
-    from ediff_core.paint_with_words import attention_hook
+    from ediff_core.attention import attention_hook
 
     net = _tiny_net()
     ff = accel.FastForward(net.unet, lambda *inputs: torch.zeros_like(inputs[0]), "torch.compile")
@@ -75,7 +75,6 @@ def test_feature_calls_run_eager():
     ff.fast = lambda *inputs: path.append("fast") or torch.zeros_like(inputs[0])
     ff.eager = lambda *a, **kw: path.append("eager") or eager(*a, **kw)
     net.unet.forward = ff
-    net.cond_attention = True  # as install_paint_with_words sets it: cond and σ reach the processors
     D = denoiser(net)
     x, sigma, cond = torch.randn(1, 3, 16, 16), torch.tensor([1.0]), _cond(1)
     with torch.inference_mode():

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from demo.page_geometry import CHROMIUM, CHROMIUM_ARGS, SIZES, TABS, first_screen, open_tab
-from server.testing import shared_app
+from live_server import shared_app
 
 pytestmark = pytest.mark.browser
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from demo.ui import mapping_from_rows, phrases_from_prompt
 from demo.runner import schedule_rows, schedule_summary
-from server.testing import ThreadServer, shared_app, start_app
+from live_server import ThreadServer, shared_app, start_app
 
 from test_server import PROMPT, corrupt_png, huge_png, reference, sketch
 

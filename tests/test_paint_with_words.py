@@ -13,7 +13,8 @@ from PIL import Image, ImageDraw
 from ediff_core.attention_maps import token_map
 from ediff_core.conditioning import Cond, key_layout
 from ediff_core.networks import EDiffUNet
-from ediff_core.paint_with_words import PaintSpec, PaintWithWordsProcessor, install_processors, layer_hw, phrase_positions, token_maps
+from ediff_core.attention import EDiffAttnProcessor, install, layer_hw
+from ediff_core.paint_with_words import PaintBias, PaintSpec, phrase_positions, token_maps
 from ediff_core.request import GenerationRequest, RequestError
 
 PROMPT = "a red circle and a blue star"
@@ -37,8 +38,8 @@ def test_processor_with_zero_weight_equals_stock_exactly(tiny_model, tiny_pipe):
     plain = tiny_pipe.encoders.encode([PROMPT])
     with torch.no_grad():
         stock = net(x, c_noise, plain)
-        install_processors(net)
-        assert all(isinstance(p, PaintWithWordsProcessor) for p in net.unet.attn_processors.values())
+        install(net, PaintBias())
+        assert all(isinstance(p, EDiffAttnProcessor) for p in net.unet.attn_processors.values())
         painted0 = net(x, c_noise, _cond_with_maps(tiny_pipe, 0.0))
         plain_after = net(x, c_noise, plain)
         painted = net(x, c_noise, _cond_with_maps(tiny_pipe, 1.0))
@@ -55,7 +56,7 @@ def test_only_the_conditional_branch_is_steered(tiny_model, tiny_pipe):
     c_noise = torch.log(torch.tensor([2.0, 2.0])) / 4
     with torch.no_grad():
         stock = net(torch.cat([x, x]), c_noise, replace(both, token_maps=None, pww_weight=None))
-        install_processors(net)
+        install(net, PaintBias())
         out = net(torch.cat([x, x]), c_noise, both)
     assert torch.allclose(out[1], stock[1], atol=1e-5)  # unconditional row: stock attention
     assert (out[0] - stock[0]).abs().max() > 1e-3
@@ -98,7 +99,7 @@ def test_masks_and_token_maps_shapes_and_values(tiny_pipe):
     assert layer_hw(64, 16, 16) == (8, 8) and layer_hw(32, 16, 32) == (4, 8)
     scores = torch.zeros(2, 2, 64, out.token_maps.shape[1])
     scores[..., 0] = 3.0  # max(QKᵀ)/√d = 3
-    bias = PaintWithWordsProcessor().bias(scores, None, out, torch.tensor([1.0, 1.0]), 64)
+    bias = PaintBias()(scores, None, out, torch.tensor([1.0, 1.0]), 64)
     A = bias[0, 0].reshape(8, 8, -1)[..., cols[0]]
     w_mask = 0.7 * np.log(2.0) * 3.0 * 0.5  # w′·log(1+σ)·max(QKᵀ/√d) times the phrase's strength
     assert torch.allclose(A[:, :3], torch.full((8, 3), w_mask)) and A[:, 5:].abs().max() == 0

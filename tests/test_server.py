@@ -24,7 +24,7 @@ from ediff_core.request import GenerationRequest, RequestError
 from ediff_core.samplers import nfe
 from server.model import Model
 from server.scheduler import Busy, Cancelled
-from server.testing import shared_app
+from live_server import shared_app
 from server.uploads import decode_image
 
 PROMPT = "a red circle and two blue stars on old paper"

@@ -8,13 +8,12 @@ Import what you need; nothing is loaded at import time::
 """
 
 from ediff_core.encoders.base import ImageEncoder, TextEmbedding, TextEncoder
-from ediff_core.encoders.loading import load_clip, load_image_encoder, load_text_encoder
+from ediff_core.encoders.loading import load_clip, load_text_encoder
 
 __all__ = [
     "ImageEncoder",
     "TextEmbedding",
     "TextEncoder",
     "load_clip",
-    "load_image_encoder",
     "load_text_encoder",
 ]

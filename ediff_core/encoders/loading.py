@@ -112,7 +112,3 @@ def load_clip(path_or_repo: str | Path, device: str | torch.device = "cpu"):
 
     return CLIPEncoders.from_folder(resolve_folder(path_or_repo, CLIP_HUB_FILES), device)
 
-
-def load_image_encoder(path_or_repo: str | Path, device: str | torch.device = "cpu") -> ImageEncoder:
-    """The CLIP image encoder alone (same folder layout as `load_clip`)."""
-    return load_clip(path_or_repo, device).image
