@@ -42,7 +42,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from server.testing import start_app  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests"))
+from live_server import start_app  # noqa: E402  (the tests' real-server helpers)
 
 PROMPT = "a red circle and two blue stars on old paper"
 SMALL = {"prompt": PROMPT, "steps": 4, "sr_steps": 2}

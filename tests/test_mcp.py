@@ -14,7 +14,7 @@ from mcp import ClientSession  # noqa: E402
 from mcp.client.sse import sse_client  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 
-from server.testing import shared_app  # noqa: E402
+from live_server import shared_app  # noqa: E402
 
 pytestmark = pytest.mark.serve
 

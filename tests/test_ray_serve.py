@@ -21,7 +21,7 @@ import pytest
 
 pytest.importorskip("ray.serve")
 
-from server.testing import ROOT, free_port, start_app, wait_healthy  # noqa: E402
+from live_server import ROOT, free_port, start_app, wait_healthy  # noqa: E402
 from tests.test_server import b64, png_bytes, reference, sketch  # noqa: E402
 
 pytestmark = pytest.mark.serve

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.testing import shared_app
+from live_server import shared_app
 
 from test_demo import _file_data, _gradio_call
 from test_server import PROMPT, b64, corrupt_png, huge_png, png_bytes, reference, sketch

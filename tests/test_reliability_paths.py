@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.testing import ROOT, start_app
+from live_server import ROOT, start_app
 
 from test_demo import _file_data, _gradio_call
 from test_server import png_bytes, reference
