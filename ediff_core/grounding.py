@@ -78,7 +78,11 @@ def batch_targets(enc, captions: list[str], spans: Tensor, masks: Tensor, keep: 
 
 def layer_grounding_loss(probs: Tensor, targets: GroundingTargets) -> Tensor:
     """Token + pixel loss of one cross-attention layer's probabilities (B, heads, N, S); a scalar."""
-    p = probs.float().mean(1)  # (B, N, S): averaged over heads
+    with torch.autocast(probs.device.type, enabled=False):  # fp32 even under bf16 training: 1 - 1e-6 is 1 in bf16
+        return _layer_loss(probs.float().mean(1), targets)  # (B, N, S): averaged over heads
+
+
+def _layer_loss(p: Tensor, targets: GroundingTargets) -> Tensor:
     B, N, S = p.shape
     H, W = targets.masks.shape[-2:]
     side = round((N * H / W) ** 0.5)

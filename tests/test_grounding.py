@@ -137,6 +137,22 @@ def test_the_loss_is_zero_inside_the_mask_and_positive_otherwise():
     assert layer_grounding_loss(uniform, hidden).item() == 0.0
 
 
+def test_the_loss_is_finite_and_the_same_under_bf16_autocast():
+    """bf16 training (train --precision bf16): the loss is computed in fp32, or 1 - 1e-6 rounds to
+    1 and log(1 - a) is -inf where a mask is full (a NaN grounding loss in the first bf16 probe)."""
+    H = 8
+    mask = torch.zeros(H, H)
+    mask[2:5, 3:6] = 1
+    t = _targets(mask, [3, 4])
+    probs = torch.full((1, 2, H * H, 10), 0.1)
+    probs[..., 3] = mask.flatten()  # all of a pixel's attention on the object's token: a = 1
+    want = layer_grounding_loss(probs, t)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = layer_grounding_loss(probs, t)
+    assert torch.isfinite(got) and got.dtype == torch.float32
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+
+
 @pytest.fixture(scope="module")
 def grounded_batch(tiny_pipe):
     stream = iter(ShapesStream(replace(PRESETS["tiny"], grounding=1.0), seed=0))
