@@ -126,9 +126,15 @@ def test_a_killed_replica_fails_its_requests_retryably_and_is_replaced(ray_serve
         deadline = time.monotonic() + 60
         while (len(seen) < 4 or len(set(seen.values())) < 2) and time.monotonic() < deadline:
             time.sleep(0.2)
-        victim = seen[0]
         assert set(seen.values()) == set(pids), f"streams landed on {seen}; replicas {pids}"
-        time.sleep(1.0)  # let every request start generating
+        # the victim: a replica holding a plain request too (more admitted than its streams), so
+        # both kinds of in-flight request meet the kill, whatever the routing did
+        victim, deadline = None, time.monotonic() + 30
+        while victim is None and time.monotonic() < deadline:
+            h = _health(ray_server)
+            if h["queue_depth"] > sum(1 for r in seen.values() if r == h["replica"]["id"]):
+                victim = h["replica"]["id"]
+        assert victim is not None, "no replica ever held a plain request"
         os.kill(pids[victim], signal.SIGKILL)
         lasts = {k: f.result(timeout=180) for k, f in streams.items()}
         answers = [f.result(timeout=180) for f in plain.values()]
