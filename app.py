@@ -167,6 +167,8 @@ def guarded(app, args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ediff_core.accel import tune_cpu_allocator
+    tune_cpu_allocator()  # process-wide (glibc heap thresholds, docs/performance.md): set by the entry point
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
     import uvicorn

@@ -212,7 +212,7 @@ def run(pipe: EDiffPipeline, mode: str = "none", cfg: BenchConfig = BenchConfig(
         out["peak_matmul_gflops_fp16"] = round(peak_matmul_gflops(device, cfg.matmul_n, reps, torch.half), 2)
     out["unet_gflop"] = {k: round(v / 1e9, 4) for k, v in unet_flops(pipe, cfg.prompt).items()}  # eager, batch 1
     if device.type == "cpu":
-        out["allocator"] = tune_cpu_allocator()  # from_pretrained has set it; this reports it
+        out["allocator"] = tune_cpu_allocator()  # the CLI entry point has set it; this reports it
         out["unet_ms_by_threads"] = {str(k): round(v, 3) for k, v in thread_timings(pipe, cfg.unet_repeats, cfg.prompt).items()}
     eager_ms = unet_ms(pipe, cfg.unet_repeats, cfg.prompt) if mode != "none" else None
 

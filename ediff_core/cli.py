@@ -8,7 +8,9 @@ import math
 import sys
 from pathlib import Path
 
+from .conditioning import ENCODER_MODES
 from .request import RequestError, pick_device
+from .samplers import SAMPLERS
 
 
 def _add_generation_flags(p: argparse.ArgumentParser) -> None:
@@ -18,8 +20,8 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="base sampler steps (model default if omitted)")
     p.add_argument("--sr-steps", type=int, default=None, help="super-resolution sampler steps")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--sampler", default=None, help="euler | heun | dpmpp_2m")
-    p.add_argument("--encoders", default="both", help="both | t5 | clip")
+    p.add_argument("--sampler", default=None, help=" | ".join(SAMPLERS))
+    p.add_argument("--encoders", default="both", help=" | ".join(ENCODER_MODES))
     p.add_argument("--style-image", default=None, help="reference image whose CLIP embedding sets the style")
     p.add_argument("--style-strength", type=float, default=1.0)
     p.add_argument("--style-sigma", type=float, nargs=2, default=None, metavar=("LO", "HI"), help="apply the style only for σ in [LO, HI]")
@@ -383,7 +385,10 @@ def _add_data_flags(t: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .accel import tune_cpu_allocator
     from .distributed import RankFailure
+
+    tune_cpu_allocator()  # process-wide, so set by the entry point: glibc heap thresholds (docs/performance.md)
 
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()

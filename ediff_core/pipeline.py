@@ -10,7 +10,7 @@ import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Generator, Iterator
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from PIL.PngImagePlugin import PngInfo
 from torch import Tensor
 
 from .attention import install as install_attention
+from .attention_maps import AttentionRecorder
 from .conditioning import select_encoders
 from .embed import EncoderSet
 from .experts import ExpertEnsemble, ExpertSpec, Interval
@@ -27,7 +28,7 @@ from .model_folder import ExpertEntry, ModelIndex, StageEntry, default_model_pat
 from .networks import EDiffUNet, denoiser
 from .paint_with_words import PaintBias, token_maps
 from .request import GenerationRequest
-from .samplers import Step, get_sampler, initial_noise, karras_sigmas, nfe
+from .samplers import initial_noise, karras_sigmas, nfe, sample_steps
 from .style import reference_tensor, style_active
 
 DEFAULTS = {"steps": 25, "sr_steps": 10, "guidance": 3.0, "sr_guidance": 1.0, "sampler": "dpmpp_2m"}
@@ -52,6 +53,14 @@ class Stage:
         """Each expert's spec and raw U-Net, in the ensemble's order."""
         for spec, expert in zip(self.ensemble.specs, self.ensemble.experts):
             yield spec, expert.net
+
+
+@dataclass
+class _Count:
+    """Denoiser evaluations over the whole cascade: planned and done so far."""
+
+    total: int
+    done: int = 0
 
 
 @dataclass
@@ -119,10 +128,6 @@ class EDiffPipeline:
         """Loads a model folder (``model_index.json``), a Hub id when online, or the embedded default."""
         from .embed import load_encoder_set
 
-        if torch.device(device).type == "cpu":
-            from .accel import tune_cpu_allocator
-
-            tune_cpu_allocator()
         folder = resolve_folder(path if path is not None else default_model_path())
         index = read_index(folder)
 
@@ -234,60 +239,31 @@ class EDiffPipeline:
 
     def generate(self, req: GenerationRequest, evaluate: Evaluate = _direct) -> Iterator[Progress | GenerationResult]:
         """Yields ``Progress`` after every denoiser evaluation, then one ``GenerationResult``."""
+        # 1. Resolve: validate the request and fill in the model's defaults.
         req = self.resolve(req)
         recorder = None
         if req.attention_maps:  # Fig. 3: per-token cross-attention of the base stage
-            from .attention_maps import AttentionRecorder
-
             recorder = AttentionRecorder.for_request(self, req)
             evaluate = recorder.wrap(evaluate)
         t_start = time.perf_counter()
         timings: dict[str, float] = {}
         seeds = [req.seed + k for k in range(req.num_images)]
         with torch.inference_mode():
+            # 2. Condition: the encoders once; paint maps, style scale and the switched prompt.
             gc, switched, notes = self.conditioning(req)
             timings["encoders"] = time.perf_counter() - t_start
-            total = nfe(req.sampler, req.steps) + sum(nfe(req.sampler, req.sr_steps) for _ in self.sr)
-            done = 0
+            count = _Count(nfe(req.sampler, req.steps) + sum(nfe(req.sampler, req.sr_steps) for _ in self.sr))
             trace: dict[str, list[dict]] = {}
-            x = None
             stage_images: dict[str, list[Image.Image]] = {}
+            x = None
+            # 3. Each stage of the cascade: base (32²) then super-resolution, sampled from noise.
             for si, stage in enumerate(self.stages):
                 t0 = time.perf_counter()
-                steps = req.steps if si == 0 else req.sr_steps
-                sigmas = karras_sigmas(steps, req.sigma_min, req.sigma_max)
                 noise_seeds = [s + 7919 * si for s in seeds]
-                if stage.is_sr:
-                    lowres = torch.nn.functional.interpolate(x.clamp(-1, 1), size=(stage.resolution,) * 2, mode="bilinear", align_corners=False)
-                    aug = initial_noise([s + 104729 for s in noise_seeds], tuple(lowres.shape[1:]), stage.aug_sigma, self.device)
-                    lr_cond = {"lowres": lowres + aug, "aug_sigma": torch.full((len(seeds),), stage.aug_sigma, device=self.device)}
-                    sr_scale = torch.full((len(seeds),), float(req.sr_guidance))
-                    # SR follows the prompt in force at the end of the base stage (Fig. 4's switch).
-                    last = switched if switched is not None and req.switch_sigma > req.sigma_min else gc
-                    plain = replace(last.cond, token_maps=None, pww_weight=None)
-                    stage_gc = GuidedCond(replace(plain, **lr_cond), replace(gc.uncond, **lr_cond), sr_scale)
-                else:
-                    stage_gc = gc
-                D = CFGDenoiser(stage.ensemble)
-                if req.dynamic_threshold:
-                    D = ThresholdedDenoiser(D)
-                x = initial_noise(noise_seeds, (3, stage.resolution, stage.resolution), float(sigmas[0]), self.device)
-                program = get_sampler(req.sampler)(x, sigmas)
-                trace[stage.name] = []
-                try:
-                    step: Step = next(program)
-                    while True:
-                        use = self._at_sigma(stage_gc, switched if si == 0 else None, req, step.sigma)
-                        sigma = torch.full((step.x.shape[0],), step.sigma, dtype=torch.float32, device=self.device)
-                        denoised = evaluate(stage, D, step.x, sigma, use)
-                        expert = stage.ensemble.specs[int(stage.ensemble.expert_index(sigma[:1])[0])].name
-                        trace[stage.name].append({"step": step.index, "sigma": round(step.sigma, 6), "expert": expert})
-                        done += 1
-                        yield Progress(stage.name, step.index, steps, step.sigma, expert, done, total)
-                        step = program.send(denoised)
-                except StopIteration as finished:
-                    x = finished.value
+                stage_gc = gc if si == 0 else self._sr_conditioning(stage, x, gc, switched, req, noise_seeds)
+                x = yield from self._sample_stage(stage, stage_gc, switched if si == 0 else None, req, noise_seeds, evaluate, trace, count)
                 timings[stage.name] = time.perf_counter() - t0
+                # 4. Decode: [-1, 1] tensors to images, every stage's kept.
                 stage_images[stage.name] = to_pil(x)
         timings["total"] = time.perf_counter() - t_start
         images = stage_images[self.stages[-1].name]
@@ -305,6 +281,40 @@ class EDiffPipeline:
             for s in seeds
         ]
         yield GenerationResult(images, stage_images, metadata, timings, None if recorder is None else recorder.summary())
+
+    def _sr_conditioning(self, stage: Stage, x: Tensor, gc: GuidedCond, switched: GuidedCond | None, req: GenerationRequest, noise_seeds: list[int]) -> GuidedCond:
+        """A super-resolution stage's conditioning: the previous output upsampled plus augmentation noise."""
+        lowres = torch.nn.functional.interpolate(x.clamp(-1, 1), size=(stage.resolution,) * 2, mode="bilinear", align_corners=False)
+        aug = initial_noise([s + 104729 for s in noise_seeds], tuple(lowres.shape[1:]), stage.aug_sigma, self.device)
+        n = len(noise_seeds)
+        lr_cond = {"lowres": lowres + aug, "aug_sigma": torch.full((n,), stage.aug_sigma, device=self.device)}
+        sr_scale = torch.full((n,), float(req.sr_guidance))
+        # SR follows the prompt in force at the end of the base stage (Fig. 4's switch).
+        last = switched if switched is not None and req.switch_sigma > req.sigma_min else gc
+        plain = replace(last.cond, token_maps=None, pww_weight=None)
+        return GuidedCond(replace(plain, **lr_cond), replace(gc.uncond, **lr_cond), sr_scale)
+
+    def _sample_stage(self, stage: Stage, stage_gc: GuidedCond, switched: GuidedCond | None, req: GenerationRequest, noise_seeds: list[int],
+                      evaluate: Evaluate, trace: dict, count: "_Count") -> Generator[Progress, None, Tensor]:
+        """Drives the sampler over one stage through ``samplers.sample_steps``; yields ``Progress``, returns x."""
+        steps = req.steps if not stage.is_sr else req.sr_steps
+        sigmas = karras_sigmas(steps, req.sigma_min, req.sigma_max)
+        D = CFGDenoiser(stage.ensemble)
+        if req.dynamic_threshold:
+            D = ThresholdedDenoiser(D)
+        x = initial_noise(noise_seeds, (3, stage.resolution, stage.resolution), float(sigmas[0]), self.device)
+        run = sample_steps(req.sampler, lambda x, sigma, gc: evaluate(stage, D, x, sigma, gc), x, sigmas,
+                           lambda sigma: self._at_sigma(stage_gc, switched, req, sigma))
+        trace[stage.name] = []
+        try:
+            while True:
+                step, _ = next(run)
+                expert = stage.ensemble.specs[int(stage.ensemble.expert_index(torch.tensor([step.sigma], dtype=torch.float32, device=self.device))[0])].name
+                trace[stage.name].append({"step": step.index, "sigma": round(step.sigma, 6), "expert": expert})
+                count.done += 1
+                yield Progress(stage.name, step.index, steps, step.sigma, expert, count.done, count.total)
+        except StopIteration as finished:
+            return finished.value
 
     def _at_sigma(self, gc: GuidedCond, switched: GuidedCond | None, req: GenerationRequest, sigma: float) -> GuidedCond:
         """The conditioning in force at σ: prompt switching (Fig. 4) and the style σ window."""

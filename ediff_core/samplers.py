@@ -83,15 +83,32 @@ def dpmpp_2m(x: Tensor, sigmas: Tensor) -> SamplerProgram:
     return x
 
 
-SAMPLERS: dict[str, Callable[[Tensor, Tensor], SamplerProgram]] = {"euler": euler, "heun": heun, "dpmpp_2m": dpmpp_2m}
+@dataclass(frozen=True)
+class Sampler:
+    """A sampler program and what it costs: the one entry a new sampler adds to ``SAMPLERS``."""
+
+    program: Callable[[Tensor, Tensor], SamplerProgram]
+    nfe: Callable[[int], int]  # denoiser evaluations over a karras_sigmas(steps) schedule
+
+
+# Every name a user may type (CLI choices, the API's schema and the UI's dropdown read this).
+SAMPLERS: dict[str, Sampler] = {
+    "euler": Sampler(euler, lambda steps: steps),
+    "heun": Sampler(heun, lambda steps: 2 * steps - 1),  # two evaluations per step but the last
+    "dpmpp_2m": Sampler(dpmpp_2m, lambda steps: steps),
+}
 
 
 def nfe(sampler: str, steps: int) -> int:
     """Denoiser evaluations a sampler makes over a ``karras_sigmas(steps)`` schedule."""
-    return 2 * steps - 1 if sampler == "heun" else steps
+    return _lookup(sampler).nfe(steps)
 
 
 def get_sampler(name: str) -> Callable[[Tensor, Tensor], SamplerProgram]:
+    return _lookup(name).program
+
+
+def _lookup(name: str) -> Sampler:
     if name not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}; got {name!r}")
     return SAMPLERS[name]
@@ -106,14 +123,34 @@ def sample(
     callback: Callable[[Step, Tensor], None] | None = None,
 ) -> Tensor:
     """Runs a sampler to completion: x starts at σ = sigmas[0] (noise × sigmas[0])."""
+    run = sample_steps(sampler, denoiser, x, sigmas, cond)
+    try:
+        while True:
+            step, denoised = next(run)
+            if callback is not None:
+                callback(step, denoised)
+    except StopIteration as done:
+        return done.value
+
+
+def sample_steps(
+    sampler: str,
+    denoiser: Callable[[Tensor, Tensor, object], Tensor],
+    x: Tensor,
+    sigmas: Tensor,
+    cond: object,
+) -> Generator[tuple[Step, Tensor], None, Tensor]:
+    """``sample`` as a generator: yields (step, denoised) after every evaluation, returns the sample.
+
+    ``cond`` is the conditioning, or a function of the step's σ (float) giving the one in force
+    there (prompt switching, a style window)."""
     program = get_sampler(sampler)(x, sigmas)
     try:
         step = next(program)
         while True:
             sigma = torch.full((step.x.shape[0],), step.sigma, dtype=torch.float32, device=step.x.device)
-            denoised = denoiser(step.x, sigma, cond)
-            if callback is not None:
-                callback(step, denoised)
+            denoised = denoiser(step.x, sigma, cond(step.sigma) if callable(cond) else cond)
+            yield step, denoised
             step = program.send(denoised)
     except StopIteration as done:
         return done.value

@@ -13,6 +13,7 @@ import json
 import threading
 import time
 
+from ediff_core.accel import tune_cpu_allocator
 from ediff_core.pipeline import EDiffPipeline
 from ediff_core.request import GenerationRequest
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--sr-steps", type=int, default=4)
     args = p.parse_args(argv)
-
+    tune_cpu_allocator()  # as app.py does: the served process's allocator
     pipe = EDiffPipeline.from_pretrained(args.model, device=pick_device(args.device))
     model = Model(pipe, max_queue=max(args.clients) + 1, max_running=max(args.clients))
     reqs = _requests(args.requests, args.steps, args.sr_steps)
