@@ -16,7 +16,7 @@ import httpx
 from PIL import Image
 
 from ediff_core.pipeline import GenerationResult, Progress
-from ediff_core.request import GenerationRequest, RequestError
+from ediff_core.request import API_FIELDS, GenerationRequest, RequestError
 from server.fairness import TooManyRequests
 from server.model import Prepare, SketchSource
 from server.scheduler import Busy, Cancelled
@@ -98,8 +98,7 @@ class RemoteModel:
 
     @staticmethod
     def _body(req: GenerationRequest) -> dict[str, Any]:
-        keys = ("prompt", "negative_prompt", "seed", "steps", "sr_steps", "guidance", "sr_guidance", "sampler", "encoders", "num_images", "dynamic_threshold")
-        return {k: getattr(req, k) for k in keys}
+        return {k: getattr(req, k) for k in API_FIELDS}
 
     def _run(self, route: str, body: dict, client: str | None = None) -> Iterator[Event]:
         for event in self._stream(route, body, client):

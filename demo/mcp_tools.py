@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ediff_core.conditioning import ENCODER_MODES
 from ediff_core.request import MAX_GUIDANCE, MAX_IMAGES, MAX_SEED, MAX_STEPS
+from ediff_core.samplers import SAMPLERS
 
 TOOLS = {
     "generate": "Text to image with eDiff-I (an ensemble of sigma-routed expert denoisers, T5 + CLIP text conditioning). Returns the images as PNG files with their settings embedded.",
@@ -27,8 +29,8 @@ PARAMETERS = {
     "seed": f"random seed, 0 to {MAX_SEED}; image k uses seed + k",
     "steps": f"base sampler steps, 1 to {MAX_STEPS} (the model's default if empty)",
     "guidance": f"classifier-free guidance scale, 0 to {MAX_GUIDANCE:g} (1 = off)",
-    "sampler": "euler, heun or dpmpp_2m",
-    "encoders": "text encoders: both, t5 or clip",
+    "sampler": ", ".join(SAMPLERS),
+    "encoders": f"text encoders: {', '.join(ENCODER_MODES)}",
     "num_images": f"images to make, 1 to {MAX_IMAGES}",
     "attention_maps": "also return cross-attention maps of the prompt's words",
     "style_image": "the reference image (PNG, JPEG or WebP; a URL or a file)",

@@ -28,7 +28,9 @@ from PIL import Image
 from ediff_core.ablation import MODE_LABELS
 from ediff_core.encoders.base import phrase_char_span
 from ediff_core.paint_with_words import PaintSpec
+from ediff_core.conditioning import ENCODER_MODES
 from ediff_core.request import MAX_GUIDANCE, MAX_IMAGES, MAX_SEED, MAX_STEPS, RequestError
+from ediff_core.samplers import SAMPLERS
 from server.model import ModelLike
 from server.fairness import client_key
 from server.painting import PALETTE, hex_colour, parse_phrases, phrase_checked
@@ -199,9 +201,9 @@ def _advanced(ctx: Context, encoders: bool = True) -> dict[str, gr.components.Co
     out["negative_prompt"] = gr.Textbox(label="Negative prompt", value="", placeholder="optional")
     out["steps"] = named(Slider(1, MAX_STEPS, value=d.get("steps", 25), step=1, label="Steps"), "steps")
     out["guidance"] = named(Slider(0.0, min(MAX_GUIDANCE, 20.0), value=d.get("guidance", 3.0), step=0.5, label="Guidance (1 = off)"), "guidance")
-    out["sampler"] = named(Dropdown(["dpmpp_2m", "heun", "euler"], value=d.get("sampler", "dpmpp_2m"), label="Sampler"), "sampler")
+    out["sampler"] = named(Dropdown(list(SAMPLERS), value=d.get("sampler", "dpmpp_2m"), label="Sampler"), "sampler")
     if encoders:
-        out["encoders"] = named(Radio(["both", "t5", "clip"], value="both", label="Text encoders"), "encoders")
+        out["encoders"] = named(Radio(list(ENCODER_MODES), value="both", label="Text encoders"), "encoders")
     return out
 
 

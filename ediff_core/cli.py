@@ -8,31 +8,29 @@ import math
 import sys
 from pathlib import Path
 
-from .conditioning import ENCODER_MODES
-from .request import RequestError, pick_device
-from .samplers import SAMPLERS
+from .request import REQUEST_DEFAULTS, REQUEST_FIELDS, RequestError, pick_device
 
 
 def _add_generation_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--prompt", help="what to draw")
-    p.add_argument("--negative-prompt", default="")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None, help="base sampler steps (model default if omitted)")
-    p.add_argument("--sr-steps", type=int, default=None, help="super-resolution sampler steps")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--sampler", default=None, help=" | ".join(SAMPLERS))
-    p.add_argument("--encoders", default="both", help=" | ".join(ENCODER_MODES))
+    # The scalar fields come from the request schema (request.REQUEST_FIELDS): one flag each,
+    # --no-NAME for a field that defaults to true.
+    for name, spec in REQUEST_FIELDS.items():
+        flag, default = "--" + name.replace("_", "-"), REQUEST_DEFAULTS[name]
+        if spec.kind is bool:
+            if default is True:
+                p.add_argument("--no-" + flag[2:], dest=f"no_{name}", action="store_true", help=f"turn off: {spec.help}")
+            else:
+                p.add_argument(flag, action="store_true", help=spec.help)
+            continue
+        allowed = f" ({' | '.join(spec.choices)})" if spec.choices else ""
+        p.add_argument(flag, type=spec.kind, default=None if name == "prompt" else default, help=spec.help + allowed + ("; the model's default if omitted" if default is None else ""))
     p.add_argument("--style-image", default=None, help="reference image whose CLIP embedding sets the style")
-    p.add_argument("--style-strength", type=float, default=1.0)
     p.add_argument("--style-sigma", type=float, nargs=2, default=None, metavar=("LO", "HI"), help="apply the style only for σ in [LO, HI]")
     p.add_argument("--paint", default=None, help="colour sketch for paint-with-words")
     p.add_argument("--phrase", action="append", default=[], help="'#RRGGBB=words of the prompt' (repeatable)")
-    p.add_argument("--pww-weight", type=float, default=0.4)
     p.add_argument("--switch-prompt", default=None, help="prompt used below --switch-sigma (Fig. 4)")
     p.add_argument("--switch-sigma", type=float, default=None)
-    p.add_argument("--num-images", type=int, default=1)
     p.add_argument("--attention-maps", action="store_true", help="also write per-word cross-attention maps (PNG) next to each image")
-    p.add_argument("--no-dynamic-threshold", action="store_true")
     p.add_argument("--out", default="outputs", help="output folder, or a .png path for one image")
 
 
@@ -56,24 +54,16 @@ def _request_from(ns: dict):
         if not isinstance(style_sigma, (list, tuple)) or len(style_sigma) != 2:
             raise RequestError("style_sigma", f"needs two numbers LO HI; got {style_sigma!r}")
         style_sigma = tuple(style_sigma)
+    scalars = {k: (not ns.get(f"no_{k}", False)) if REQUEST_FIELDS[k].kind is bool and REQUEST_DEFAULTS[k] is True else ns.get(k, REQUEST_DEFAULTS[k])
+               for k in REQUEST_FIELDS}
+    scalars["prompt"] = ns.get("prompt") or ""
     return GenerationRequest(
-        prompt=ns.get("prompt") or "",
-        negative_prompt=ns.get("negative_prompt") or "",
-        seed=ns.get("seed", 0),
-        steps=ns.get("steps"),
-        sr_steps=ns.get("sr_steps"),
-        guidance=ns.get("guidance"),
-        sampler=ns.get("sampler"),
-        encoders=ns.get("encoders", "both"),
-        num_images=ns.get("num_images", 1),
+        **scalars,
         style_image=style,
-        style_strength=ns.get("style_strength", 1.0),
         style_sigma=style_sigma,
         paint=paint,
-        pww_weight=ns.get("pww_weight", 0.4),
         switch_prompt=ns.get("switch_prompt"),
         switch_sigma=ns.get("switch_sigma"),
-        dynamic_threshold=not ns.get("no_dynamic_threshold", False),
         attention_maps=bool(ns.get("attention_maps", False)),
     )
 

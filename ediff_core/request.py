@@ -1,15 +1,24 @@
-"""What a user can ask for, validated once for the CLI, the server and the UI alike."""
+"""What a user can ask for, validated once for the CLI, the server and the UI alike.
+
+``GenerationRequest`` is the one request schema: each field that a front end offers carries a
+``FieldSpec`` (type, bounds or choices, help). The CLI flags (``cli``), the REST bodies
+(``server/schemas``), the UI's choices (``demo/ui``) and the remote client (``demo/client``) are
+all read from ``REQUEST_FIELDS``, so a new field is one line here plus its use in the pipeline.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from .conditioning import ENCODER_MODES
 from .samplers import SAMPLERS
+
+if TYPE_CHECKING:
+    from .paint_with_words import PaintSpec
 
 MAX_STEPS = 200
 MAX_IMAGES = 8
@@ -39,58 +48,78 @@ def pick_device(name: str) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class FieldSpec:
+    """How one scalar request field is typed, bounded and described, for every front end.
+
+    ``api``: a field of every REST body (``/v1/generate`` and the feature routes); the others
+    are offered where their feature is (``style_strength`` with a style image, ...)."""
+
+    kind: type  # int, float, str or bool
+    help: str = ""
+    lo: float | None = None  # numbers: inclusive bounds; str: the minimum length
+    hi: float | None = None  # str: the maximum length
+    choices: tuple[str, ...] | None = None
+    api: bool = True
+
+    def check(self, name: str, v: Any, optional: bool) -> None:
+        """Raises ``RequestError`` naming ``name`` when ``v`` is not allowed."""
+        if v is None and optional:
+            return
+        if self.choices is not None:
+            if v not in self.choices:
+                raise RequestError(name, f"must be one of {', '.join(self.choices)}; got {v!r}")
+        elif self.kind is int:
+            _int(v, name, int(self.lo), int(self.hi))
+        elif self.kind is float:
+            _float(v, name, self.lo, self.hi)
+        elif self.kind is bool:
+            if not isinstance(v, bool):
+                raise RequestError(name, f"must be true or false; got {v!r}")
+        elif self.kind is str:
+            if self.lo and (not isinstance(v, str) or not v.strip()):
+                raise RequestError(name, "must be a non-empty string")
+            if not isinstance(v, str):
+                raise RequestError(name, "must be a string")
+            if self.hi is not None and len(v) > self.hi:
+                raise RequestError(name, f"at most {int(self.hi)} characters; got {len(v)}")
+
+
+def _spec(default: Any, kind: type, help: str = "", **kw: Any) -> Any:
+    return field(default=default, metadata={"spec": FieldSpec(kind, help, **kw)})
+
+
 @dataclass
 class GenerationRequest:
     """One text-to-image request through the cascade. ``None`` means the model's default."""
 
-    prompt: str
-    negative_prompt: str = ""  # replaces the all-dropped conditioning in CFG's negative branch
-    seed: int = 0  # image k of num_images uses seed + k
-    steps: int | None = None  # base sampler steps
-    sr_steps: int | None = None  # super-resolution sampler steps
-    guidance: float | None = None  # classifier-free guidance w (1 = off)
-    sr_guidance: float | None = None
-    sampler: str | None = None  # euler | heun | dpmpp_2m
-    encoders: str = "both"  # both | t5 | clip (§5.2 ablation)
-    num_images: int = 1
+    prompt: str = field(metadata={"spec": FieldSpec(str, "what to draw", lo=1, hi=MAX_PROMPT_CHARS)})
+    negative_prompt: str = _spec("", str, "used in CFG's negative branch instead of the all-dropped conditioning", hi=MAX_PROMPT_CHARS)
+    seed: int = _spec(0, int, "image k uses seed + k", lo=0, hi=MAX_SEED)
+    steps: int | None = _spec(None, int, "base sampler steps", lo=1, hi=MAX_STEPS)
+    sr_steps: int | None = _spec(None, int, "super-resolution sampler steps", lo=1, hi=MAX_STEPS)
+    guidance: float | None = _spec(None, float, "classifier-free guidance scale (1 = off)", lo=0.0, hi=MAX_GUIDANCE)
+    sr_guidance: float | None = _spec(None, float, "guidance of the super-resolution stages", lo=0.0, hi=MAX_GUIDANCE)
+    sampler: str | None = _spec(None, str, "sampler", choices=tuple(SAMPLERS))
+    encoders: str = _spec("both", str, "text encoders (§5.2 ablation)", choices=ENCODER_MODES)
+    num_images: int = _spec(1, int, "images, one seed each", lo=1, hi=MAX_IMAGES)
     style_image: Image.Image | None = None  # CLIP-image conditioning, §5.3
-    style_strength: float = 1.0  # scales the image embedding; 0 = off
+    style_strength: float = _spec(1.0, float, "scales the image embedding; 0 = off", lo=0.0, hi=10.0, api=False)
     style_sigma: tuple[float, float] | None = None  # apply the style only for σ in [lo, hi]
-    paint: Any = None  # paint_with_words.PaintSpec: sketch + colour → phrase map, §4.3
-    pww_weight: float = 0.4  # w′ of paint-with-words
+    paint: PaintSpec | None = None  # sketch + colour → phrase map, §4.3
+    pww_weight: float = _spec(0.4, float, "paint-with-words strength w′ (§4.3)", lo=0.0, hi=10.0, api=False)
     switch_prompt: str | None = None  # prompt switching (Fig. 4): use this prompt below switch_sigma
     switch_sigma: float | None = None
-    dynamic_threshold: bool = True  # Imagen's dynamic thresholding of x0
-    sigma_max: float = 80.0
-    sigma_min: float = 0.002
+    dynamic_threshold: bool = _spec(True, bool, "Imagen's dynamic thresholding of x0")
+    sigma_max: float = _spec(80.0, float, "σ the sampler starts from", lo=1e-3, hi=1000.0, api=False)
+    sigma_min: float = _spec(0.002, float, "σ the sampler ends at (below sigma_max)", lo=1e-4, hi=1000.0, api=False)
     attention_maps: bool = False  # record per-token cross-attention maps (Fig. 3)
 
     def validate(self) -> "GenerationRequest":
         """Raises ``RequestError`` naming the first bad field; returns self."""
-        if not isinstance(self.prompt, str) or not self.prompt.strip():
-            raise RequestError("prompt", "must be a non-empty string")
-        for name in ("prompt", "negative_prompt"):
-            v = getattr(self, name)
-            if not isinstance(v, str):
-                raise RequestError(name, "must be a string")
-            if len(v) > MAX_PROMPT_CHARS:
-                raise RequestError(name, f"at most {MAX_PROMPT_CHARS} characters; got {len(v)}")
-        _int(self.seed, "seed", 0, MAX_SEED)
-        _int(self.num_images, "num_images", 1, MAX_IMAGES)
-        for name in ("steps", "sr_steps"):
-            if getattr(self, name) is not None:
-                _int(getattr(self, name), name, 1, MAX_STEPS)
-        for name in ("guidance", "sr_guidance"):
-            if getattr(self, name) is not None:
-                _float(getattr(self, name), name, 0.0, MAX_GUIDANCE)
-        if self.sampler is not None and self.sampler not in SAMPLERS:
-            raise RequestError("sampler", f"must be one of {', '.join(SAMPLERS)}; got {self.sampler!r}")
-        if self.encoders not in ENCODER_MODES:
-            raise RequestError("encoders", f"must be one of {', '.join(ENCODER_MODES)}; got {self.encoders!r}")
-        _float(self.style_strength, "style_strength", 0.0, 10.0)
-        _float(self.pww_weight, "pww_weight", 0.0, 10.0)
-        _float(self.sigma_max, "sigma_max", 1e-3, 1000.0)
-        _float(self.sigma_min, "sigma_min", 1e-4, self.sigma_max)
+        for f in fields(self):
+            if "spec" in f.metadata:
+                f.metadata["spec"].check(f.name, getattr(self, f.name), optional=f.default is None)
         if self.sigma_min >= self.sigma_max:
             raise RequestError("sigma_min", f"must be below sigma_max ({self.sigma_max}); got {self.sigma_min}")
         if self.style_sigma is not None:
@@ -128,3 +157,9 @@ def _float(v, name: str, lo: float, hi: float) -> None:
         raise RequestError(name, f"must be a finite number from {lo} to {hi}; got {v}")
     if not lo <= v <= hi:
         raise RequestError(name, f"must be from {lo} to {hi}; got {v}")
+
+
+# The scalar fields every front end derives its flags, bodies and choices from, in order.
+REQUEST_FIELDS: dict[str, FieldSpec] = {f.name: f.metadata["spec"] for f in fields(GenerationRequest) if "spec" in f.metadata}
+REQUEST_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(GenerationRequest)}
+API_FIELDS: tuple[str, ...] = tuple(name for name, spec in REQUEST_FIELDS.items() if spec.api)

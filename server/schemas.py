@@ -8,41 +8,59 @@ not coerced (a JSON integer is still accepted where a number is expected).
 
 from __future__ import annotations
 
+from dataclasses import MISSING
 from typing import Any, Literal
 
 from annotated_types import Ge, Le, MaxLen, MinLen
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from ediff_core.request import MAX_GUIDANCE, MAX_IMAGES, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, GenerationRequest
+from ediff_core.conditioning import ENCODER_MODES
+from ediff_core.request import API_FIELDS, REQUEST_DEFAULTS, REQUEST_FIELDS, GenerationRequest
+from ediff_core.samplers import SAMPLERS
 
 from .painting import MAX_PHRASE_CHARS, MAX_PHRASES
 
-Sampler = Literal["euler", "heun", "dpmpp_2m"]
-EncoderMode = Literal["both", "t5", "clip"]
+Sampler = Literal[tuple(SAMPLERS)]  # type: ignore[valid-type]
+EncoderMode = Literal[ENCODER_MODES]  # type: ignore[valid-type]
 
 
-class GenerateBody(BaseModel):
-    """Text to image. ``null`` for steps/guidance/sampler means the model's defaults."""
+def field_info(name: str) -> Any:
+    """A pydantic ``Field`` from the request's ``FieldSpec``: the same default, bounds and help."""
+    spec = REQUEST_FIELDS[name]
+    kw: dict[str, Any] = {"description": spec.help}
+    if spec.kind is str and spec.choices is None:
+        kw.update(min_length=int(spec.lo or 0) or None, max_length=None if spec.hi is None else int(spec.hi))
+    elif spec.kind in (int, float):
+        kw.update(ge=spec.lo, le=spec.hi)
+    if spec.kind is float:
+        kw["allow_inf_nan"] = False
+    default = REQUEST_DEFAULTS[name]
+    return Field(**kw) if default is MISSING else Field(default, **kw)
 
+
+def body_field(name: str) -> tuple[Any, Any]:
+    """(annotation, Field) of a request field: choices become a ``Literal``, a ``None`` default optional."""
+    spec = REQUEST_FIELDS[name]
+    annotation: Any = spec.kind if spec.choices is None else Literal[spec.choices]
+    return (annotation | None if REQUEST_DEFAULTS[name] is None else annotation), field_info(name)
+
+
+class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="what to draw")
-    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="used in CFG's negative branch")
-    seed: int = Field(0, ge=0, le=MAX_SEED, description="image k uses seed + k")
-    steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="base sampler steps")
-    sr_steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="super-resolution sampler steps")
-    guidance: float | None = Field(None, ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False, description="classifier-free guidance scale (1 = off)")
-    sr_guidance: float | None = Field(None, ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False)
-    sampler: Sampler | None = None
-    encoders: EncoderMode = "both"
-    num_images: int = Field(1, ge=1, le=MAX_IMAGES)
-    dynamic_threshold: bool = True
-    stream: bool = Field(False, description="answer NDJSON: progress lines, then the result line")
-
     def to_request(self, **extra: Any) -> GenerationRequest:
-        """The library request (validated again by the pipeline)."""
-        keys = ("prompt", "negative_prompt", "seed", "steps", "sr_steps", "guidance", "sr_guidance", "sampler", "encoders", "num_images", "dynamic_threshold")
-        return GenerationRequest(**{k: getattr(self, k) for k in keys if hasattr(self, k)}, **extra)
+        """The library request (validated again by the pipeline): every body field the request has."""
+        return GenerationRequest(**{k: getattr(self, k) for k in type(self).model_fields if k in REQUEST_FIELDS}, **extra)
+
+
+# Text to image: every API field of ``GenerationRequest``; ``null`` for steps/guidance/sampler means the model's defaults.
+GenerateBody = create_model(
+    "GenerateBody",
+    __base__=_Strict,
+    __doc__="Text to image. ``null`` for steps/guidance/sampler means the model's defaults.",
+    **{name: body_field(name) for name in API_FIELDS},
+    stream=(bool, Field(False, description="answer NDJSON: progress lines, then the result line")),
+)
 
 
 class CompareBody(GenerateBody):
@@ -56,10 +74,7 @@ class StyleBody(GenerateBody):
     """Style transfer: a reference image (base64 PNG/JPEG/WebP) whose CLIP embedding sets the style."""
 
     style_image: str = Field(description="base64 image (a data: URL is accepted); byte and pixel limits apply")
-    style_strength: float = Field(1.0, ge=0.0, le=10.0, allow_inf_nan=False, description="scales the image embedding; 0 = off")
-
-    def to_request(self, **extra: Any) -> GenerationRequest:
-        return super().to_request(style_strength=self.style_strength, **extra)
+    style_strength: float = field_info("style_strength")
 
 
 class PaintBody(GenerateBody):
@@ -67,15 +82,12 @@ class PaintBody(GenerateBody):
 
     sketch: str = Field(description="base64 image of the colour sketch")
     phrases: dict[str, str] | list[str] = Field(description=f'{{"#RRGGBB": "words of the prompt"}} or ["#RRGGBB=words", ...]; at most {MAX_PHRASES} colours, {MAX_PHRASE_CHARS} characters a phrase')
-    pww_weight: float = Field(0.4, ge=0.0, le=10.0, allow_inf_nan=False, description="paint-with-words strength w′")
+    pww_weight: float = field_info("pww_weight")
 
     def phrase_map(self) -> dict[str, str]:
         from .painting import parse_phrases
 
         return parse_phrases(self.phrases)
-
-    def to_request(self, **extra: Any) -> GenerationRequest:
-        return super().to_request(pww_weight=self.pww_weight, **extra)
 
 
 def _allowed(model: type[BaseModel], name: str) -> str:
