@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw
 from ediff_core.pipeline import GenerationResult, save_png
 from ediff_core.request import GenerationRequest
 from server.model import ModelLike
-from server.painting import PALETTE
+from ediff_core.paint_with_words import PALETTE, hex_colour
 
 from .runner import Outputs
 from .theme import ASSETS
@@ -116,7 +116,7 @@ def run_example(model: ModelLike, ex: Example) -> list[GenerationResult]:
         req.style_image = reference_image(ex.reference or "night")
         return [_result(model.run(req))]
     if ex.tab == "paint":
-        phrases = {"#%02x%02x%02x" % PALETTE[c]: p for c, p in ex.phrases}
+        phrases = {hex_colour(PALETTE[c]): p for c, p in ex.phrases}
         return [_result(model.paint_with_words(req, example_sketch(), phrases))]
     return [_result(model.run(req))]
 

@@ -27,13 +27,12 @@ from PIL import Image
 
 from ediff_core.ablation import MODE_LABELS
 from ediff_core.encoders.base import phrase_char_span
-from ediff_core.paint_with_words import PaintSpec
+from ediff_core.paint_with_words import PALETTE, PaintSpec, hex_colour, parse_phrases
 from ediff_core.conditioning import ENCODER_MODES
 from ediff_core.request import MAX_GUIDANCE, MAX_IMAGES, MAX_SEED, MAX_STEPS, RequestError
 from ediff_core.samplers import SAMPLERS
 from server.model import ModelLike
 from server.fairness import client_key
-from server.painting import PALETTE, hex_colour, parse_phrases, phrase_checked
 from server.uploads import read_uploaded_file
 
 from .examples import EXAMPLES, Example, ExampleCache, example_sketch, png_meta, reference_image
@@ -515,7 +514,7 @@ def create_paint_tab(ctx: Context) -> None:
 
         def sketch():
             """The editor's layers composited over its background (PaintSpec.from_editor)."""
-            return phrase_checked(PaintSpec.from_editor, editor, mapping_from_rows(mapping)).sketch
+            return PaintSpec.from_editor(editor, mapping_from_rows(mapping)).sketch
 
         yield from run(prompt, sketch, phrases, pww_weight, negative_prompt, seed, steps, guidance, sampler, request, progress)
 

@@ -46,7 +46,7 @@ def _request_from(ns: dict):
     if ns.get("paint"):
         from .paint_with_words import PaintSpec
 
-        paint = PaintSpec.from_cli(_open_image(ns["paint"], "paint"), ns.get("phrase") or [])
+        paint = PaintSpec.from_mapping(_open_image(ns["paint"], "paint"), ns.get("phrase") or [])
     elif ns.get("phrase"):
         raise RequestError("phrase", "--phrase needs --paint (the sketch it maps colours of)")
     style_sigma = ns.get("style_sigma")

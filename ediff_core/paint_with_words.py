@@ -17,6 +17,7 @@ cross-attention is ``attention.EDiffAttnProcessor``.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -30,6 +31,7 @@ from torch import Tensor
 
 from .attention import layer_hw
 from .conditioning import Cond, key_layout
+from .data.shapes_world import COLORS
 from .request import RequestError
 from .style import checked_image
 
@@ -42,17 +44,86 @@ WORK_SIDE = 1024  # sketches are labelled at most this large (nearest-neighbour:
 COLOR_TOLERANCE = 80.0  # RGB distance within which a brush pixel snaps to a mapped colour
 ALPHA_MIN = 8  # alpha below this counts as transparent (not painted)
 MAX_STRENGTH = 10.0
+# Bounds on the work one request can ask for before it is admitted: masks are one (H, W) plane
+# per phrase, so the phrase count and the sketch's size bound the rasterising.
+MAX_PHRASES = 16
+MAX_PHRASE_CHARS = 200
+PALETTE: dict[str, tuple[int, int, int]] = dict(COLORS)  # the 8 Shapes World colours (SHAPES_WORLD.md)
 _HEX = re.compile(r"^#?([0-9a-fA-F]{6})$")
 
 
-def parse_colour(text, field: str = "phrase") -> str:
-    """'#RRGGBB', 'RRGGBB' or an (r, g, b) tuple -> canonical '#rrggbb'."""
+def hex_colour(rgb: tuple[int, int, int]) -> str:
+    return "#%02x%02x%02x" % tuple(rgb)
+
+
+def split_strength(phrase: str) -> tuple[str, float | None]:
+    """'words@0.5' -> ('words', 0.5); 'words' -> ('words', None)."""
+    if "@" not in phrase:
+        return phrase.strip(), None
+    words, _, value = phrase.rpartition("@")
+    try:
+        return words.strip(), float(value)
+    except ValueError:
+        raise RequestError("phrases", f"'{phrase.strip()}': the strength after '@' must be a number; got {value!r}") from None
+
+
+def parse_colour(text, field: str = "phrases") -> str:
+    """'#RRGGBB', 'RRGGBB', 'rgb(r, g, b)', a Shapes World colour name or an (r, g, b) tuple -> '#rrggbb'."""
     if isinstance(text, (tuple, list)) and len(text) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in text):
-        return "#%02x%02x%02x" % tuple(text)
-    m = _HEX.match(text.strip()) if isinstance(text, str) else None
-    if m is None:
-        raise RequestError(field, f"colour {text!r} is not of the form #RRGGBB (e.g. #ff0000)")
-    return "#" + m.group(1).lower()
+        return hex_colour(text)
+    t = str(text).strip().lower()
+    if t in PALETTE:
+        return hex_colour(PALETTE[t])
+    m = _HEX.match(t)
+    if m:
+        return "#" + m.group(1)
+    m = re.match(r"^rgba?\(\s*([\d.]+)\s*,\s*([\d.]+)\s*,\s*([\d.]+)", t)
+    if m:
+        rgb = tuple(int(round(float(x))) for x in m.groups())
+        if all(0 <= c <= 255 for c in rgb):
+            return hex_colour(rgb)
+        raise RequestError(field, f"colour {text!r}: each of r, g, b must be from 0 to 255")
+    raise RequestError(field, f"colour {text!r} is not of the form #RRGGBB (e.g. #ff0000), rgb(r, g, b) or one of {', '.join(PALETTE)}")
+
+
+def parse_phrases(value, field: str = "phrases") -> dict[str, str]:
+    """The one colour -> phrase parser (CLI, UI and API): a dict, a list of ``"#RRGGBB=words"``,
+    or that as JSON or lines text; a phrase may end in ``@strength``. Returns {'#rrggbb': 'words[@s]'}."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return {}
+        if text.startswith(("{", "[")):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise RequestError(field, f"is not valid JSON: {e}") from None
+        else:
+            value = [line for line in re.split(r"[\n;]+", text) if line.strip()]
+    if isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, (list, tuple)):
+        items = []
+        for entry in value:
+            if not isinstance(entry, str) or "=" not in entry:
+                raise RequestError(field, f"{entry!r} is not of the form '#RRGGBB=words of the prompt'")
+            items.append(tuple(entry.split("=", 1)))
+    else:
+        raise RequestError(field, 'must be {"#RRGGBB": "phrase"} or ["#RRGGBB=phrase", ...]')
+    if len(items) > MAX_PHRASES:
+        raise RequestError(field, f"at most {MAX_PHRASES} colours; got {len(items)}")
+    out: dict[str, str] = {}
+    for colour, phrase in items:
+        if not isinstance(phrase, str):
+            raise RequestError(field, f"phrase for {colour} must be text")
+        phrase = phrase.strip()
+        if len(phrase) > MAX_PHRASE_CHARS:
+            raise RequestError(field, f"a phrase has at most {MAX_PHRASE_CHARS} characters; the one for {colour} has {len(phrase)}")
+        c = parse_colour(colour, field)
+        if c in out:
+            raise RequestError(field, f"colour {c} is given twice ('{out[c]}' and '{phrase}')")
+        out[c] = phrase
+    return out
 
 
 def _rgb(colour: str) -> tuple[int, int, int]:
@@ -87,77 +158,67 @@ class PaintSpec:
     tolerance: float = COLOR_TOLERANCE
 
     def __post_init__(self) -> None:
-        self.sketch = checked_image(self.sketch, "paint", MAX_SKETCH_PIXELS)
+        self.sketch = checked_image(self.sketch, "sketch", MAX_SKETCH_PIXELS)
         if not isinstance(self.phrases, dict) or not self.phrases:
-            raise RequestError("phrase", "paint-with-words needs at least one '#RRGGBB=words of the prompt' entry")
+            raise RequestError("phrases", "paint-with-words needs at least one '#RRGGBB=words of the prompt' entry")
         mapped: dict[str, str] = {}
         for colour, phrase in self.phrases.items():
             c = parse_colour(colour)
             if not isinstance(phrase, str) or not phrase.strip():
-                raise RequestError("phrase", f"colour {c} maps to an empty phrase")
+                raise RequestError("phrases", f"colour {c} maps to an empty phrase")
             if c in mapped:
-                raise RequestError("phrase", f"colour {c} is given twice ('{mapped[c]}' and '{phrase}')")
+                raise RequestError("phrases", f"colour {c} is given twice ('{mapped[c]}' and '{phrase}')")
             mapped[c] = phrase.strip()
         self.phrases = mapped
         for phrase, s in self.strengths.items():
             if phrase not in mapped.values():
-                raise RequestError("phrase", f"a strength is given for '{phrase}', which no colour paints")
+                raise RequestError("phrases", f"a strength is given for '{phrase}', which no colour paints")
             if isinstance(s, bool) or not isinstance(s, (int, float)) or not (0.0 <= s <= MAX_STRENGTH):
-                raise RequestError("phrase", f"the strength of '{phrase}' must be a number from 0 to {MAX_STRENGTH}; got {s!r}")
+                raise RequestError("phrases", f"the strength of '{phrase}' must be a number from 0 to {MAX_STRENGTH}; got {s!r}")
         if not (isinstance(self.tolerance, (int, float)) and 0 < self.tolerance <= 442):
-            raise RequestError("paint", f"tolerance must be in (0, 442]; got {self.tolerance!r}")
+            raise RequestError("sketch", f"tolerance must be in (0, 442]; got {self.tolerance!r}")
 
     # ---- constructors -------------------------------------------------------------------------
     @classmethod
-    def from_cli(cls, image, entries: list[str]) -> "PaintSpec":
-        """From ``--phrase`` values '#RRGGBB=words of the prompt', optionally '...@strength'."""
-        if isinstance(entries, str):
-            entries = [entries]
-        if not entries:
-            raise RequestError("phrase", "--paint needs at least one --phrase '#RRGGBB=words of the prompt'")
-        phrases: dict[str, str] = {}
+    def from_mapping(cls, sketch, phrases) -> "PaintSpec":
+        """The one constructor of CLI, UI and API: the sketch and what ``parse_phrases`` reads
+        ({'#RRGGBB': 'words[@strength]'}, ['#RRGGBB=words', ...] or that as text)."""
+        parsed = parse_phrases(phrases)
+        if not parsed:
+            raise RequestError("phrases", "map at least one colour of the sketch to a phrase of the prompt ('#RRGGBB=words')")
+        words: dict[str, str] = {}
         strengths: dict[str, float] = {}
-        for entry in entries:
-            if not isinstance(entry, str) or "=" not in entry:
-                raise RequestError("phrase", f"{entry!r} is not of the form '#RRGGBB=words of the prompt'")
-            colour, phrase = (s.strip() for s in entry.split("=", 1))
-            if "@" in phrase:
-                phrase, _, value = phrase.rpartition("@")
-                try:
-                    strengths[phrase.strip()] = float(value)
-                except ValueError:
-                    raise RequestError("phrase", f"{entry!r}: the strength after '@' must be a number; got {value!r}") from None
-            c = parse_colour(colour)
-            if c in phrases:
-                raise RequestError("phrase", f"colour {c} is given twice ('{phrases[c]}' and '{phrase.strip()}')")
-            phrases[c] = phrase.strip()
-        return cls(image, phrases, strengths)
+        for colour, phrase in parsed.items():
+            words[colour], strength = split_strength(phrase)
+            if strength is not None:
+                strengths[words[colour]] = strength
+        return cls(sketch, words, strengths)
 
     @classmethod
-    def from_layers(cls, background, layers: list, phrases: dict[str, str], strengths: dict[str, float] | None = None) -> "PaintSpec":
+    def from_layers(cls, background, layers: list, phrases) -> "PaintSpec":
         """From gr.ImageEditor's parts: the layers (RGBA strokes) composited over the background.
 
         The background may be None (a transparent canvas) or an uploaded sketch; its unmapped
         colours (e.g. white paper) are ignored like any other.
         """
-        parts = [checked_image(p, "paint", MAX_SKETCH_PIXELS).convert("RGBA") for p in [background, *(layers or [])] if p is not None]
+        parts = [checked_image(p, "sketch", MAX_SKETCH_PIXELS).convert("RGBA") for p in [background, *(layers or [])] if p is not None]
         if not parts:
-            raise RequestError("paint", "the sketch is empty: no background and no layers")
+            raise RequestError("sketch", "the sketch is empty: no background and no layers")
         canvas = parts[0] if background is not None else Image.new("RGBA", parts[0].size, (0, 0, 0, 0))
         for layer in parts[1:] if background is not None else parts:
             if layer.size != canvas.size:
                 layer = layer.resize(canvas.size, Image.NEAREST)
             canvas = Image.alpha_composite(canvas, layer)
-        return cls(canvas, phrases, dict(strengths or {}))
+        return cls.from_mapping(canvas, phrases)
 
     @classmethod
-    def from_editor(cls, value: dict, phrases: dict[str, str], strengths: dict[str, float] | None = None) -> "PaintSpec":
+    def from_editor(cls, value: dict, phrases) -> "PaintSpec":
         """From gr.ImageEditor's value ``{"background", "layers", "composite"}``."""
         if not isinstance(value, dict):
-            raise RequestError("paint", f"expected the image editor's dict (background, layers, composite); got {type(value).__name__}")
+            raise RequestError("sketch", f"expected the image editor's dict (background, layers, composite); got {type(value).__name__}")
         if value.get("layers") or value.get("background") is not None:
-            return cls.from_layers(value.get("background"), value.get("layers") or [], phrases, strengths)
-        return cls(value.get("composite"), phrases, dict(strengths or {}))
+            return cls.from_layers(value.get("background"), value.get("layers") or [], phrases)
+        return cls.from_mapping(value.get("composite"), phrases)
 
     # ---- description and masks ----------------------------------------------------------------
     def strength(self, phrase: str) -> float:
@@ -181,7 +242,7 @@ class PaintSpec:
         alpha = rgba[..., 3]
         opaque = alpha >= ALPHA_MIN
         if not opaque.any():
-            raise RequestError("paint", "the sketch is empty: every pixel is transparent; paint a region for each phrase")
+            raise RequestError("sketch", "the sketch is empty: every pixel is transparent; paint a region for each phrase")
         colours = list(self.phrases)
         palette = np.array([_rgb(c) for c in colours], np.int32)  # (P, 3)
         rgb = rgba[..., :3].astype(np.int32)
@@ -190,9 +251,9 @@ class PaintSpec:
         painted = opaque & (d2.min(-1) <= self.tolerance**2)
         if not painted.any():
             raise RequestError(
-                "paint",
+                "sketch",
                 f"no pixel of the sketch is within {self.tolerance:g} of a mapped colour ({', '.join(colours)}); "
-                f"its colours are {', '.join(_top_colours(rgb[opaque]))}. Paint with exactly the colours of --phrase",
+                f"its colours are {', '.join(_top_colours(rgb[opaque]))}. Paint with exactly the colours of the phrases",
             )
         weight = alpha.astype(np.float32) / 255.0
         full = np.stack([np.where(painted & (nearest == k), weight, 0.0) for k in range(len(colours))]).astype(np.float32)
@@ -230,7 +291,7 @@ def phrase_positions(pipe: "EDiffPipeline", prompt: str, phrase: str) -> tuple[l
             found.append([])
             errors.append(str(e))
     if not any(found):
-        raise RequestError("phrase", errors[0])
+        raise RequestError("phrases", errors[0])
     return found[0], found[1]
 
 

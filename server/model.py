@@ -154,12 +154,11 @@ class Model:
         returns the step that decodes, downscales and rasterises the sketch in the request's slot."""
         from ediff_core.paint_with_words import phrase_positions
 
-        from .painting import check_phrase_tokens, checked_phrases, paint_spec, phrase_checked
+        from .painting import check_phrase_tokens, paint_spec, phrase_words
 
         self.check(request)
-        for phrase in checked_phrases(phrases).values():
-            positions = phrase_checked(phrase_positions, self.pipe, request.prompt, phrase)
-            check_phrase_tokens(phrase, positions)
+        for phrase in phrase_words(phrases):
+            check_phrase_tokens(phrase, phrase_positions(self.pipe, request.prompt, phrase))
 
         def prepare(req: GenerationRequest) -> GenerationRequest:
             return replace(req, paint=paint_spec(sketch() if callable(sketch) else sketch, phrases))

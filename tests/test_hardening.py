@@ -19,7 +19,7 @@ from PIL import Image, PngImagePlugin
 from ediff_core.pipeline import GenerationResult
 from ediff_core.request import GenerationRequest, RequestError
 from server.model import Model
-from server.painting import MAX_PHRASES
+from ediff_core.paint_with_words import MAX_PHRASES
 from live_server import shared_app
 from server.uploads import decode_image
 
@@ -230,7 +230,7 @@ def test_image_formats_and_colours_are_refused_as_documented():
     Image.new("RGB", (8, 8)).save(buf, "PNG", pnginfo=info)
     with pytest.raises(RequestError, match="metadata .* too large"):
         decode_image(buf.getvalue(), "sketch")
-    from server.painting import parse_colour
+    from ediff_core.paint_with_words import parse_colour
 
     with pytest.raises(RequestError, match="from 0 to 255"):
         parse_colour("rgb(999,0,0)")

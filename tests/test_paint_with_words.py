@@ -28,7 +28,7 @@ def _half_sketch(size=64, colour="#ff0000", mode="RGB", background="white"):
 
 
 def _cond_with_maps(pipe, weight):
-    req = GenerationRequest(PROMPT, paint=PaintSpec.from_cli(_half_sketch(), ["#ff0000=red circle"]), pww_weight=weight)
+    req = GenerationRequest(PROMPT, paint=PaintSpec.from_mapping(_half_sketch(), ["#ff0000=red circle"]), pww_weight=weight)
     return token_maps(pipe, req, pipe.encoders.encode([PROMPT]))
 
 
@@ -63,7 +63,7 @@ def test_only_the_conditional_branch_is_steered(tiny_model, tiny_pipe):
 
 
 def test_weight_raises_attention_inside_the_painted_region(tiny_pipe):
-    paint = PaintSpec.from_cli(_half_sketch(), ["#ff0000=red circle"])
+    paint = PaintSpec.from_mapping(_half_sketch(), ["#ff0000=red circle"])
     req = GenerationRequest(PROMPT, seed=1, attention_maps=True)
     plain, painted = tiny_pipe(req), tiny_pipe(replace(req, paint=paint, pww_weight=2.0))
     assert not np.array_equal(np.asarray(plain.images[0]), np.asarray(painted.images[0]))
@@ -78,7 +78,7 @@ def test_weight_raises_attention_inside_the_painted_region(tiny_pipe):
 def test_masks_and_token_maps_shapes_and_values(tiny_pipe):
     sketch = _half_sketch()
     sketch.putpixel((31, 5), (250, 25, 20))  # anti-aliased brush edge: snaps to red
-    spec = PaintSpec.from_cli(sketch, ["#FF0000=red circle@0.5", "#0000ff=blue star"])
+    spec = PaintSpec.from_mapping(sketch, ["#FF0000=red circle@0.5", "#0000ff=blue star"])
     pm = spec.masks(16, 16)
     assert pm.masks.shape == (2, 16, 16) and pm.colours == ["#ff0000", "#0000ff"]
     assert torch.equal(pm.masks[0, :, :8], torch.ones(16, 8)) and pm.masks[0, :, 8:].sum() == 0
@@ -123,11 +123,11 @@ def test_transparent_pixels_and_editor_layers():
 @pytest.mark.parametrize(
     "make,field,message",
     [
-        (lambda: Image.new("RGBA", (32, 32), (255, 0, 0, 0)), "paint", "the sketch is empty"),
-        (lambda: Image.new("RGB", (32, 32), "white"), "paint", r"no pixel of the sketch is within 80 of a mapped colour \(#ff0000\); its colours are #ffffff"),
-        (lambda: Image.new("I;16", (32, 32)), "paint", "image mode 'I;16' is not supported"),
-        (lambda: Image.new("1", (4097, 4096)), "paint", "at most 16777216 pixels; got 4097x4096"),
-        (lambda: None, "paint", "must be an image; got NoneType"),
+        (lambda: Image.new("RGBA", (32, 32), (255, 0, 0, 0)), "sketch", "the sketch is empty"),
+        (lambda: Image.new("RGB", (32, 32), "white"), "sketch", r"no pixel of the sketch is within 80 of a mapped colour \(#ff0000\); its colours are #ffffff"),
+        (lambda: Image.new("I;16", (32, 32)), "sketch", "image mode 'I;16' is not supported"),
+        (lambda: Image.new("1", (4097, 4096)), "sketch", "at most 16777216 pixels; got 4097x4096"),
+        (lambda: None, "sketch", "must be an image; got NoneType"),
     ],
 )
 def test_bad_sketches_are_refused_clearly(make, field, message):
@@ -145,13 +145,13 @@ def test_bad_sketches_are_refused_clearly(make, field, message):
         (["#ff0000=red circle@lots"], "the strength after '@' must be a number"),
         (["#ff0000=red circle@99"], "the strength of 'red circle' must be a number from 0 to 10"),
         (["#ff0000=red circle", "#FF0000=blue star"], "colour #ff0000 is given twice"),
-        ([], "--paint needs at least one --phrase"),
+        ([], "map at least one colour of the sketch to a phrase of the prompt"),
     ],
 )
 def test_malformed_phrase_entries(entries, message):
     with pytest.raises(RequestError, match=message) as e:
-        PaintSpec.from_cli(_half_sketch(), entries)
-    assert e.value.field == "phrase"
+        PaintSpec.from_mapping(_half_sketch(), entries)
+    assert e.value.field == "phrases"
 
 
 def test_phrase_positions_decode_to_the_phrase_in_both_tokenizers(tiny_pipe):
@@ -166,14 +166,14 @@ def test_phrase_positions_decode_to_the_phrase_in_both_tokenizers(tiny_pipe):
 
 
 def test_phrase_absent_from_the_prompt_is_refused_by_name(tiny_pipe):
-    paint = PaintSpec.from_cli(_half_sketch(), ["#ff0000=green heart"])
+    paint = PaintSpec.from_mapping(_half_sketch(), ["#ff0000=green heart"])
     with pytest.raises(RequestError, match="phrase 'green heart' is not in the prompt 'a red circle and a blue star'") as e:
         tiny_pipe(GenerationRequest(PROMPT, paint=paint))
-    assert e.value.field == "phrase"
+    assert e.value.field == "phrases"
 
 
 def test_unused_colour_is_a_warning_in_the_result(tiny_pipe):
-    paint = PaintSpec.from_cli(_half_sketch(), ["#ff0000=red circle", "#00ff00=blue star"])
+    paint = PaintSpec.from_mapping(_half_sketch(), ["#ff0000=red circle", "#00ff00=blue star"])
     result = tiny_pipe(GenerationRequest(PROMPT, seed=2, paint=paint))
     assert result.metadata[0]["paint_warnings"] == ["colour #00ff00 ('blue star') does not appear in the sketch; that phrase is not painted"]
 
@@ -196,6 +196,6 @@ def test_cli_prompts_file_with_paint_phrase_style_and_attention_maps(tiny_model,
     assert all(Path(p).is_file() for p in b["attention_maps"])
     args = ["generate", "--model", str(tiny_model), "--device", "cpu", "--prompt", PROMPT, "--paint", str(tmp_path / "sketch.png")]
     assert main([*args, "--phrase", "#ff0000=green heart", "--style-sigma", "0", "1"]) == 2
-    assert "phrase: phrase 'green heart' is not in the prompt" in capsys.readouterr().err
+    assert "phrases: phrase 'green heart' is not in the prompt" in capsys.readouterr().err
     assert main([*args, "--phrase", "#ff0000=red circle", "--attention-maps", "--style-sigma", "0", "1", "--out", str(tmp_path / "c.png")]) == 0
     assert (tmp_path / "c_attn_circle.png").is_file()

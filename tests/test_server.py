@@ -172,7 +172,7 @@ def test_queue_bound_refuses_at_once(model):
 
 
 def test_an_error_in_one_request_leaves_the_others_and_the_loop_alive(model):
-    bad = GenerationRequest(PROMPT, paint=PaintSpec.from_cli(sketch(), ["#d72626=yellow square"]), **FAST)
+    bad = GenerationRequest(PROMPT, paint=PaintSpec.from_mapping(sketch(), ["#d72626=yellow square"]), **FAST)
     good = GenerationRequest("two green hearts", seed=3, steps=4, sr_steps=1)
     out = _run_threads(model, [bad, good, replace(good, seed=4)])
     assert isinstance(out[0], RequestError) and "not in the prompt" in str(out[0])
