@@ -1,10 +1,11 @@
-"""Training: the shared base model, σ-tree branching into experts (§4.1, App. B), super-resolution.
+"""Training: the shared base model, σ-tree branching into experts (§3.2, Fig. 2; §4.1, App. B), super-resolution.
 
 Every run is a list of *jobs*; a job trains one network on one σ interval from an initial state,
 checkpoints every ``save_every`` steps under ``OUT/_train/JOB/`` (fp32 weights, EMA and AdamW
 state in safetensors) and exports its EMA weights in fp16 to the model folder ``OUT``. Jobs run on
 the CPU or on a CUDA device (``device``); what they save is on the CPU, so a run started on one
-resumes on the other.
+resumes on the other. Which experts branch from the shared model is data: ``TrainConfig.layout``
+(a list of ``Branch``; default the paper's three-expert tree), read by every job and the index.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .data.transforms import degrade as _degrade
 from .data.transforms import to_tensor as _to_tensor
 from .distributed import Ranks
 from .embed import EncoderSet
-from .experts import ExpertSpec, Interval, three_expert_specs
+from .experts import ExpertSpec, Interval, check_tiling, three_expert_specs
 from .feed import Feed
 from .loss import EDMLoss
 from .networks import EDiffUNet, build_unet, denoiser
@@ -63,8 +64,10 @@ class TrainConfig:
     base_steps: int = 2000  # the shared model on all of p(σ)
     expert_steps: int = 400  # each expert's fine-tuning on its interval
     sr_steps: int = 600
-    high_level: int = 5  # the high-noise leaf E^high_(2^high − 1); the paper uses 9
-    low_level: int = 3  # the low-noise leaf E^low_0, as the paper
+    high_level: int = 5  # the high-noise leaf E^high_(2^high − 1) of the default layout; the paper uses 9
+    low_level: int = 3  # the low-noise leaf E^low_0 of the default layout, as the paper
+    # the experts, as data (``Branch.to_json`` entries, in training order); None: paper_layout(high_level, low_level)
+    layout: list[dict] | None = None
     dropout: dict[str, float] = field(default_factory=lambda: dict(DROPOUT_RATES))
     sr_aug_max: float = 0.4  # noise-conditioning augmentation σ ~ U(0, sr_aug_max) on the low-res input
     save_every: int = 100
@@ -82,6 +85,82 @@ PRESETS: dict[str, TrainConfig] = {
     "mini_attn32": TrainConfig(base_unet="mini_attn32"),
     "tiny": TrainConfig(base_unet="tiny", sr_unet="tiny", batch_size=4, base_steps=3, expert_steps=2, sr_steps=2, warmup=1, save_every=2, data_workers=0, toy_encoders=True),
 }
+
+
+# ---------------------------------------------------------------- the expert layout (§3.2, Fig. 2; App. B)
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_RESERVED = ("shared", "baseline")  # base/shared (the root) and base/baseline (Fig. 7's) are not experts
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One expert of the training layout: ``spec`` (name, σ interval, guidance) fine-tuned from the
+    base network ``parent`` (``"shared"``, or an earlier branch whose interval holds this one) for
+    ``steps`` steps (None: ``TrainConfig.expert_steps``). Its config form is a model-index expert
+    entry (``model_folder.ExpertEntry``: name, sigma_min, sigma_max with null for ∞, guidance) with
+    ``parent`` and ``steps`` instead of ``path``."""
+
+    spec: ExpertSpec
+    parent: str = "shared"
+    steps: int | None = None
+
+    def to_json(self) -> dict:
+        iv = self.spec.interval
+        return {"name": self.spec.name, "sigma_min": iv.lo, "sigma_max": None if math.isinf(iv.hi) else iv.hi,
+                "guidance": self.spec.guidance, "parent": self.parent, "steps": self.steps}
+
+    @staticmethod
+    def from_json(d: dict, where: str = "layout") -> "Branch":
+        if not isinstance(d, dict) or not {"name", "sigma_min"} <= d.keys() or d.keys() - {"name", "sigma_min", "sigma_max", "guidance", "parent", "steps"}:
+            raise ValueError(f"{where}: an expert is a mapping of name, sigma_min, sigma_max (null = ∞) and optional guidance, parent, steps; got {d!r}")
+        hi = d.get("sigma_max")
+        steps = d.get("steps")
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"{where}: steps must be a positive integer (or null for expert_steps); got {steps!r}")
+        guidance = d.get("guidance")
+        return Branch(ExpertSpec(str(d["name"]), Interval(float(d["sigma_min"]), math.inf if hi is None else float(hi)),
+                                 None if guidance is None else float(guidance)), str(d.get("parent", "shared")), steps)
+
+
+def paper_layout(high_level: int = 5, low_level: int = 3) -> list[Branch]:
+    """The default: the paper's base system (config D), E^high_(2^high−1), the complement model and
+    E^low_0, each branched from the shared model; high-noise leaf first."""
+    return [Branch(s) for s in reversed(three_expert_specs(high_level, low_level))]
+
+
+def training_layout(cfg: TrainConfig) -> list[Branch]:
+    """``cfg.layout`` (or the paper's tree), checked: unique folder-safe names, every parent trained
+    before its children and holding their intervals, and the leaves' intervals tiling [0, ∞)."""
+    if cfg.layout is None:
+        return paper_layout(cfg.high_level, cfg.low_level)
+    if not isinstance(cfg.layout, (list, tuple)) or not cfg.layout:
+        raise ValueError(f"layout: a non-empty list of experts (or null for the paper's tree); got {cfg.layout!r}")
+    layout = [Branch.from_json(d, f"layout[{i}]") for i, d in enumerate(cfg.layout)]
+    intervals = {"shared": Interval(0.0, math.inf)}
+    for b in layout:
+        name, iv = b.spec.name, b.spec.interval
+        if not _NAME.fullmatch(name) or name in _RESERVED or name in intervals:
+            raise ValueError(f"layout: expert names must be unique folder names other than {', '.join(_RESERVED)}; got {name!r}")
+        if not 0 <= iv.lo < iv.hi:
+            raise ValueError(f"layout: {name}'s σ interval must have 0 <= sigma_min < sigma_max; got [{iv.lo}, {iv.hi})")
+        parent = intervals.get(b.parent)
+        if parent is None:
+            raise ValueError(f"layout: {name}'s parent {b.parent!r} is neither 'shared' nor an expert listed before it")
+        if not parent.lo <= iv.lo < iv.hi <= parent.hi:
+            raise ValueError(f"layout: {name}'s σ interval [{iv.lo}, {iv.hi}) is outside its parent {b.parent}'s [{parent.lo}, {parent.hi})")
+        intervals[name] = iv
+    try:
+        check_tiling(leaf_specs(layout))
+    except ValueError as e:
+        raise ValueError(f"layout: the leaf experts' {e}") from None
+    return layout
+
+
+def leaf_specs(layout: list[Branch]) -> list[ExpertSpec]:
+    """The experts a trained model routes σ to (those no other branch starts from), in ascending σ."""
+    parents = {b.parent for b in layout}
+    return sorted((b.spec for b in layout if b.spec.name not in parents), key=lambda s: s.interval.lo)
 
 
 # ---------------------------------------------------------------- data
@@ -388,14 +467,15 @@ def base_jobs(cfg: TrainConfig) -> list[Job]:
 
 
 def expert_jobs(cfg: TrainConfig) -> tuple[list[ExpertSpec], list[Job]]:
-    """The three experts branched from the shared model (high-noise leaf first)."""
-    specs = three_expert_specs(cfg.high_level, cfg.low_level)
-    return specs, [Job(f"base/{s.name}", s.interval, cfg.expert_steps, init="base/shared") for s in reversed(specs)]
+    """The layout's leaf experts (ascending σ) and one job per branch, in the layout's order."""
+    layout = training_layout(cfg)
+    jobs = [Job(f"base/{b.spec.name}", b.spec.interval, b.steps or cfg.expert_steps, init=f"base/{b.parent}") for b in layout]
+    return leaf_specs(layout), jobs
 
 
 def baseline_job(cfg: TrainConfig) -> Job:
     """Fig. 7's baseline: the shared model trained on as many more samples as the experts saw."""
-    return Job("base/baseline", Interval(0.0, math.inf), 3 * cfg.expert_steps, init="base/shared")
+    return Job("base/baseline", Interval(0.0, math.inf), sum(j.steps for j in expert_jobs(cfg)[1]), init="base/shared")
 
 
 def sr_jobs(cfg: TrainConfig) -> list[Job]:
@@ -416,20 +496,20 @@ def load_training_encoders(out: Path, device: torch.device | str = "cpu") -> Enc
 
 
 def write_model_index(out: Path, cfg: TrainConfig, name: str = "ediff-mini", encoders: dict[str, str] | None = None) -> None:
-    """Indexes whatever the run has exported: three experts when all exist, else the shared model.
-    ``encoders``: paths or Hub ids of encoders outside the run folder (default: its t5/ and clip/)."""
+    """Indexes whatever the run has exported: the layout's leaf experts when all exist, else the
+    shared model. ``encoders``: paths or Hub ids of encoders outside the run folder (default: its t5/ and clip/)."""
     from .model_folder import ExpertEntry, ModelIndex, StageEntry, write_index
 
-    specs, _ = expert_jobs(cfg)
+    specs, jobs = expert_jobs(cfg)
     if all((out / "base" / s.name / "config.json").exists() for s in specs):
-        experts = [ExpertEntry(s.name, f"base/{s.name}", s.interval.lo, s.interval.hi) for s in specs]
+        experts = [ExpertEntry(s.name, f"base/{s.name}", s.interval.lo, s.interval.hi, s.guidance) for s in specs]
     else:
         experts = [ExpertEntry("shared", "base/shared", 0.0, math.inf)]
     sr = []
     if (out / "sr64" / "single" / "config.json").exists():
         sr = [StageEntry("sr64", cfg.sr_resolution, [ExpertEntry("single", "sr64/single", 0.0, math.inf)], aug_sigma=0.1)]
     card = {}
-    for job in ["base/shared", *[f"base/{s.name}" for s in specs], "base/baseline", "sr64/single"]:
+    for job in ["base/shared", *[j.name for j in sorted(jobs, key=lambda j: j.interval.lo)], "base/baseline", "sr64/single"]:
         rec = out / job / "training.json"
         if rec.exists():
             card[job] = {"step": json.loads(rec.read_text())["step"]}
@@ -467,6 +547,7 @@ def run(preset: str, stage: str, out: Path, resume: bool = False, overrides: dic
     if not cfg.lr > 0:
         raise ValueError(f"lr must be a positive learning rate; got {cfg.lr!r}")
     check_precision(cfg.precision)
+    training_layout(cfg)
     if not cfg.grounding >= 0:
         raise ValueError(f"grounding must be a loss weight >= 0 (0 = the paper's training); got {cfg.grounding!r}")
     data = DataSpec(data) if isinstance(data, str) else (data or DataSpec())

@@ -11,7 +11,7 @@ from ediff_core.conditioning import drop_embeddings
 from ediff_core.experts import Interval, node
 from ediff_core.loss import EDMLoss
 from ediff_core.networks import build_unet, denoiser
-from ediff_core.training import PRESETS, ShapesStream, _sr_inputs, precision_context, run, write_model_index
+from ediff_core.training import PRESETS, ShapesStream, _sr_inputs, baseline_job, expert_jobs, precision_context, run, write_model_index
 
 
 @pytest.fixture(scope="module")
@@ -245,3 +245,33 @@ def test_a_warm_start_grows_new_attention_blocks_without_changing_the_function(t
     trained = EDiffUNet.from_pretrained(out / "base" / "shared", low_cpu_mem_usage=False)
     assert tuple(trained.config.attention) == (True, True)
     assert trained.unet.down_blocks[0].attentions[0].proj_out.weight.abs().sum() > 0
+
+
+def test_a_two_expert_layout_from_a_config_file_sets_the_jobs_the_baseline_and_the_index(tmp_path):
+    """The expert tree (§3.2, Fig. 2) is data: a config file's `layout` trains two experts; no training steps."""
+    from dataclasses import replace
+
+    from ediff_core.cli import apply_config_file, build_parser
+    from ediff_core.experts import ExpertSpec, check_tiling
+    from ediff_core.model_folder import ModelIndex
+
+    split, out = node(1, 1).lo, tmp_path / "run"  # the median of p(σ)
+    (tmp_path / "run.yaml").write_text(f"preset: tiny\nout: {out}\nlayout:\n  - {{name: high, sigma_min: {split}, sigma_max: null, steps: 5}}\n"
+                                       f"  - {{name: low, sigma_min: 0.0, sigma_max: {split}, steps: 7}}\n")
+    parser, argv = build_parser(), ["train", "--config", str(tmp_path / "run.yaml")]
+    args = apply_config_file(parser, parser.train_parser, argv, parser.parse_args(argv))
+    cfg = replace(PRESETS[args.preset], **args.config_overrides)
+    _, jobs = expert_jobs(cfg)
+    assert [(j.name, j.steps, j.init) for j in jobs] == [("base/high", 5, "base/shared"), ("base/low", 7, "base/shared")]
+    assert baseline_job(cfg).steps == 12
+    for job in ("base/shared", "base/high", "base/low"):
+        (out / job).mkdir(parents=True)
+        (out / job / "config.json").write_text("{}")
+    write_model_index(out, cfg)
+    experts = ModelIndex.from_json(json.loads((out / "model_index.json").read_text()), "index").base.experts
+    assert [(e.name, e.path, e.sigma_min, e.sigma_max) for e in experts] == [("low", "base/low", 0.0, split), ("high", "base/high", split, math.inf)]
+    check_tiling([ExpertSpec(e.name, Interval(e.sigma_min, e.sigma_max)) for e in experts])
+    gap = [{"name": "high", "sigma_min": 2 * split, "sigma_max": None}, {"name": "low", "sigma_min": 0.0, "sigma_max": split}]
+    with pytest.raises(ValueError, match="layout: the leaf experts' expert σ intervals leave a gap"):
+        run("tiny", "experts", tmp_path / "never", overrides={"layout": gap})
+    assert not (tmp_path / "never").exists()
