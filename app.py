@@ -68,8 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def file_size(text: str) -> int:
-    """'8mb', '500kb', '1048576' -> bytes (1 kb = 1024); at most ``server.uploads.MAX_UPLOAD_BYTES``."""
-    from server.uploads import MAX_UPLOAD_BYTES
+    """'8mb', '500kb', '1048576' -> bytes (1 kb = 1024); at most ``ediff_core.images.MAX_UPLOAD_BYTES``."""
+    from ediff_core.images import MAX_UPLOAD_BYTES
 
     t = str(text).strip().lower().replace(" ", "")
     units = {"gb": 2**30, "mb": 2**20, "kb": 2**10, "b": 1}

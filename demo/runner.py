@@ -22,7 +22,8 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 from PIL import Image
 
-from ediff_core.pipeline import GenerationResult, Progress, png_info
+from ediff_core.images import png_info
+from ediff_core.pipeline import GenerationResult, Progress
 from ediff_core.request import GenerationRequest, RequestError
 from server.fairness import TooManyRequests
 from server.scheduler import Busy, Cancelled

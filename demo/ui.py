@@ -158,8 +158,7 @@ class Context:
         paths = self.examples.paths(ex)
         metas = [png_meta(p) for p in paths]
         meta = metas[0]
-        took = meta.get("timings", {}).get("total")
-        status = f"Example result, cached ({self.examples.source}, made in {took:.2f} s): no model run."
+        status = f"Example result, cached ({self.examples.source}): no model run."  # PNGs carry no timings
         gallery = [(p, f"seed {m.get('seed')}") for p, m in zip(paths, metas)]
         return (gallery, paths, schedule_rows(meta), schedule_summary(meta), json.dumps(metas, indent=1, default=str), [], status)
 

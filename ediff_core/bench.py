@@ -5,7 +5,7 @@ The ratios are measured inside one run, interleaving the runs they compare, so t
 from other processes affects both sides alike:
 
 - ``sampler_overhead`` = denoising time of every stage ÷ the time spent inside the U-Net calls
-  of those same runs (forward hooks on each expert), i.e. ÷ (NFE × U-Net time); ≥ 1.
+  of those same runs (forward hooks on each expert's U-Net), i.e. ÷ (NFE × U-Net time); ≥ 1.
 - ``ensemble_vs_single`` = base-stage time with the expert ensemble ÷ with its first expert
   owning all of σ (the same network, architecture and NFE: the cost of routing alone).
 - ``batch_speedup`` = images/s of one request for 8 images ÷ images/s of a request for 1.
@@ -30,7 +30,9 @@ import torch
 from torch import Tensor
 
 from .experts import ExpertEnsemble, ExpertSpec, Interval
-from .pipeline import EDiffPipeline, GenerationResult, Stage, png_info
+from .images import png_info
+from .networks import denoiser
+from .pipeline import EDiffPipeline, GenerationResult, Stage
 from .request import GenerationRequest
 from .samplers import nfe
 
@@ -90,9 +92,9 @@ def peak_matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 5, dt
 
 
 def _experts(pipe: EDiffPipeline) -> Iterator[tuple[str, Stage, ExpertSpec, torch.nn.Module]]:
-    for stage in pipe.stages:
-        for spec, expert in zip(stage.ensemble.specs, stage.ensemble.experts):
-            yield f"{stage.name}/{spec.name}", stage, spec, expert
+    """("stage/expert", stage, spec, D) for every network: D is its preconditioned denoiser."""
+    for stage, spec, net in pipe.networks():
+        yield f"{stage.name}/{spec.name}", stage, spec, denoiser(net)
 
 
 def _sigma_in(iv: Interval) -> float:
@@ -157,21 +159,20 @@ def thread_timings(pipe: EDiffPipeline, repeats: int, prompt: str, batch: int = 
 
 @contextmanager
 def timed_unets(pipe: EDiffPipeline) -> Iterator[dict[str, list[float]]]:
-    """Records, per stage, the duration of every expert call made inside the block (seconds)."""
+    """Records, per stage, the duration of every U-Net call made inside the block (seconds)."""
     spent: dict[str, list[float]] = {s.name: [] for s in pipe.stages}
     handles, start = [], {}
-    for stage in pipe.stages:
-        for expert in stage.ensemble.experts:
+    for stage, _, net in pipe.networks():
 
-            def pre(module, args, key=id(expert)):
-                _sync(pipe.device)
-                start[key] = time.perf_counter()
+        def pre(module, args, key=id(net)):
+            _sync(pipe.device)
+            start[key] = time.perf_counter()
 
-            def post(module, args, output, key=id(expert), name=stage.name):
-                _sync(pipe.device)
-                spent[name].append(time.perf_counter() - start[key])
+        def post(module, args, output, key=id(net), name=stage.name):
+            _sync(pipe.device)
+            spent[name].append(time.perf_counter() - start[key])
 
-            handles += [expert.register_forward_pre_hook(pre), expert.register_forward_hook(post)]
+        handles += [net.register_forward_pre_hook(pre), net.register_forward_hook(post)]
     try:
         yield spent
     finally:

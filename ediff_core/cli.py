@@ -82,7 +82,8 @@ def _open_image(path: str, field: str):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .pipeline import EDiffPipeline, save_png
+    from .images import save_png
+    from .pipeline import EDiffPipeline
 
     lines = []
     if args.prompts_file:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -125,6 +125,16 @@ def fourier_features(x: Tensor, n: int) -> Tensor:
     a = x.float()[:, None] * freqs[None] * 100
     return torch.cat([a.cos(), a.sin()], dim=1)
 
+
+
+class Denoiser(Protocol):
+    """The denoiser contract ``D(x, σ, cond) -> x̂₀`` (EDM preconditioning, eDiff-I §3, App. A).
+
+    One network, an ``ExpertEnsemble`` (§4.1) and the guidance wrappers all meet it; ``CFGDenoiser``
+    takes a ``GuidedCond`` (cond, uncond, scale) in the ``cond`` slot.
+    """
+
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Cond) -> Tensor: ...
 
 class ConditionProjector(nn.Module):
     """Projects the three embeddings into cross-attention tokens and a global vector.

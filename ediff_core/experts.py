@@ -11,8 +11,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Callable
-
 import torch
 from torch import Tensor, nn
 
@@ -80,9 +78,6 @@ def check_tiling(specs: list[ExpertSpec]) -> None:
     for a, b in zip(ivs, ivs[1:]):
         if a.hi != b.lo:
             raise ValueError(f"expert σ intervals leave a gap or overlap between {a} and {b}")
-
-
-Denoiser = Callable[[Tensor, Tensor, object], Tensor]
 
 
 class ExpertEnsemble(nn.Module):

@@ -8,12 +8,10 @@ guidance scale per expert. Dynamic thresholding is Imagen's (Saharia et al. 2022
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
-
 import torch
 from torch import Tensor, nn
 
-from .conditioning import Cond
+from .conditioning import Cond, Denoiser
 
 
 @dataclass
@@ -40,7 +38,7 @@ class CFGDenoiser(nn.Module):
         per_expert: if the inner denoiser has ``guidance(sigma, default)``, use its per-expert scales.
     """
 
-    def __init__(self, inner: Callable, per_expert: bool = True):
+    def __init__(self, inner: Denoiser, per_expert: bool = True):
         super().__init__()
         self.inner = inner
         self.per_expert = per_expert and hasattr(inner, "guidance")
@@ -64,7 +62,7 @@ def dynamic_threshold(x0: Tensor, percentile: float = 0.995) -> Tensor:
 class ThresholdedDenoiser(nn.Module):
     """Applies dynamic thresholding to the x0 prediction of ``inner`` (pixel space only)."""
 
-    def __init__(self, inner: Callable, percentile: float = 0.995):
+    def __init__(self, inner: Denoiser, percentile: float = 0.995):
         super().__init__()
         self.inner = inner
         self.percentile = percentile

@@ -32,14 +32,13 @@ from torch import Tensor
 from .attention import layer_hw
 from .conditioning import Cond, key_layout
 from .data.shapes_world import COLORS
+from .images import checked_image
 from .request import RequestError
-from .style import checked_image
 
 if TYPE_CHECKING:
     from .pipeline import EDiffPipeline
     from .request import GenerationRequest
 
-MAX_SKETCH_PIXELS = 4096 * 4096  # refused above this, before any pixel is decoded
 WORK_SIDE = 1024  # sketches are labelled at most this large (nearest-neighbour: no colour blending)
 COLOR_TOLERANCE = 80.0  # RGB distance within which a brush pixel snaps to a mapped colour
 ALPHA_MIN = 8  # alpha below this counts as transparent (not painted)
@@ -158,7 +157,7 @@ class PaintSpec:
     tolerance: float = COLOR_TOLERANCE
 
     def __post_init__(self) -> None:
-        self.sketch = checked_image(self.sketch, "sketch", MAX_SKETCH_PIXELS)
+        self.sketch = checked_image(self.sketch, "sketch")
         if not isinstance(self.phrases, dict) or not self.phrases:
             raise RequestError("phrases", "paint-with-words needs at least one '#RRGGBB=words of the prompt' entry")
         mapped: dict[str, str] = {}
@@ -201,7 +200,7 @@ class PaintSpec:
         The background may be None (a transparent canvas) or an uploaded sketch; its unmapped
         colours (e.g. white paper) are ignored like any other.
         """
-        parts = [checked_image(p, "sketch", MAX_SKETCH_PIXELS).convert("RGBA") for p in [background, *(layers or [])] if p is not None]
+        parts = [checked_image(p, "sketch").convert("RGBA") for p in [background, *(layers or [])] if p is not None]
         if not parts:
             raise RequestError("sketch", "the sketch is empty: no background and no layers")
         canvas = parts[0] if background is not None else Image.new("RGBA", parts[0].size, (0, 0, 0, 0))

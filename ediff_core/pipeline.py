@@ -6,13 +6,11 @@ prompt → encoders (T5, CLIP text, CLIP image) → base expert ensemble at 32²
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Generator, Iterator
 
-import numpy as np
 import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
@@ -20,10 +18,11 @@ from torch import Tensor
 
 from .attention import install as install_attention
 from .attention_maps import AttentionRecorder
-from .conditioning import select_encoders
+from .conditioning import Denoiser, select_encoders
 from .embed import EncoderSet
 from .experts import ExpertEnsemble, ExpertSpec, Interval
 from .guidance import CFGDenoiser, GuidedCond, ThresholdedDenoiser
+from .images import png_info, to_pil
 from .model_folder import ExpertEntry, ModelIndex, StageEntry, default_model_path, read_index, resolve_folder, write_index
 from .networks import EDiffUNet, denoiser
 from .paint_with_words import PaintBias, token_maps
@@ -80,7 +79,7 @@ class Progress:
 class GenerationResult:
     images: list[Image.Image]  # final resolution
     stage_images: dict[str, list[Image.Image]]  # every stage's output, by stage name
-    metadata: list[dict]  # one per image: seed, settings, experts per step, timings
+    metadata: list[dict]  # one per image: seed, settings, experts per step, timings (not put in PNGs)
     timings: dict[str, float]
     attention: dict | None = None  # cross-attention statistics when requested
 
@@ -89,10 +88,10 @@ class GenerationResult:
 
 
 # A hook through which every denoiser evaluation goes: (stage, D, x, σ, cond) -> D(x, σ, cond).
-Evaluate = Callable[[Stage, Callable, Tensor, Tensor, GuidedCond], Tensor]
+Evaluate = Callable[[Stage, Denoiser, Tensor, Tensor, GuidedCond], Tensor]
 
 
-def _direct(stage: Stage, D: Callable, x: Tensor, sigma: Tensor, gc: GuidedCond) -> Tensor:
+def _direct(stage: Stage, D: Denoiser, x: Tensor, sigma: Tensor, gc: GuidedCond) -> Tensor:
     return D(x, sigma, gc)
 
 
@@ -156,10 +155,9 @@ class EDiffPipeline:
     def save_pretrained(self, folder: str | Path, encoder_paths: dict[str, str]) -> None:
         """Saves every network as fp16 safetensors and the index (encoders are saved by their own code)."""
         folder = Path(folder)
-        for stage in self.stages:
-            for spec, exp in zip(stage.ensemble.specs, stage.ensemble.experts):
-                exp.net.half().save_pretrained(folder / stage.name / spec.name, safe_serialization=True)
-                exp.net.float()
+        for stage, spec, net in self.networks():
+            net.half().save_pretrained(folder / stage.name / spec.name, safe_serialization=True)
+            net.float()
         self.save_index(folder, encoder_paths)
 
     # ------------------------------------------------------------ description
@@ -179,7 +177,7 @@ class EDiffPipeline:
                     "aug_sigma": st.aug_sigma if st.is_sr else None,
                     "experts": [
                         {"name": s.name, "sigma_min": s.interval.lo, "sigma_max": None if s.interval.hi == float("inf") else s.interval.hi, "guidance": s.guidance, "parameters": params(e)}
-                        for s, e in zip(st.ensemble.specs, st.ensemble.experts)
+                        for s, e in st.networks()
                     ],
                 }
             )
@@ -346,35 +344,3 @@ def _load_stage(folder: Path, entry: StageEntry, is_sr: bool, device) -> Stage:
         experts.append(denoiser(net))
         specs.append(ExpertSpec(e.name, Interval(e.sigma_min, e.sigma_max), e.guidance))
     return Stage(entry.name, entry.resolution, ExpertEnsemble(experts, specs).eval(), entry.aug_sigma, is_sr)
-
-
-def to_pil(x: Tensor) -> list[Image.Image]:
-    """(B,3,H,W) in [-1,1] -> PIL images."""
-    a = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(np.ascontiguousarray(im)) for im in a]
-
-
-def parameters_text(meta: dict) -> str:
-    """A1111-style ``parameters`` text."""
-    lines = [meta.get("prompt", "")]
-    if meta.get("negative_prompt"):
-        lines.append(f"Negative prompt: {meta['negative_prompt']}")
-    lines.append(
-        f"Steps: {meta.get('steps')}, Sampler: {meta.get('sampler')}, CFG scale: {meta.get('guidance')}, Seed: {meta.get('seed')}, "
-        f"Size: {meta.get('size')}, Model: {meta.get('model')}, Encoders: {meta.get('encoders')}, SR steps: {meta.get('sr_steps')}"
-    )
-    return "\n".join(lines)
-
-
-def png_info(meta: dict) -> PngInfo:
-    info = PngInfo()
-    info.add_text("parameters", parameters_text(meta))
-    info.add_text("ediff", json.dumps(meta, default=str))
-    return info
-
-
-def save_png(image: Image.Image, path: str | Path, meta: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, pnginfo=png_info(meta))
-    return path

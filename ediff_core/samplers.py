@@ -13,6 +13,8 @@ from typing import Callable, Generator
 import torch
 from torch import Tensor
 
+from .conditioning import Denoiser
+
 
 @dataclass
 class Step:
@@ -116,7 +118,7 @@ def _lookup(name: str) -> Sampler:
 
 def sample(
     sampler: str,
-    denoiser: Callable[[Tensor, Tensor, object], Tensor],
+    denoiser: Denoiser,
     x: Tensor,
     sigmas: Tensor,
     cond: object,
@@ -135,7 +137,7 @@ def sample(
 
 def sample_steps(
     sampler: str,
-    denoiser: Callable[[Tensor, Tensor, object], Tensor],
+    denoiser: Denoiser,
     x: Tensor,
     sigmas: Tensor,
     cond: object,

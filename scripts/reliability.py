@@ -227,7 +227,7 @@ def run_fairness(url: str, solo_runs: int = 5) -> dict:
 
 
 def run_caps(url: str) -> dict:
-    from server.uploads import encode_png
+    from ediff_core.images import encode_png
 
     sketch = base64.b64encode(encode_png(Image.new("RGB", (1024, 1024), "white"))).decode()
     phrases = {f"#{k:06x}": "red circle" for k in range(200)}

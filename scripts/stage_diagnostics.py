@@ -180,8 +180,7 @@ def token_contrast(model: str, n: int) -> None:
         means = _phrase_means(pipe, prompt, list(phrase_map.values()))
         for name, x in means.items():
             add(f"encoder output, {name}", x)
-        for spec, expert in zip(pipe.base.ensemble.specs, pipe.base.ensemble.experts):
-            net = expert.net
+        for spec, net in pipe.base.networks():
             keys = {"clip": net.projector.proj_clip(means["clip"]), "t5": net.projector.proj_t5(means["t5"])}
             for layer, mod in net.unet.named_modules():
                 if layer.endswith("attn2"):  # cross-attention: what it adds when it attends to one phrase only
@@ -193,8 +192,8 @@ def token_contrast(model: str, n: int) -> None:
 
     ratios: dict[str, list[float]] = {}
     hooks = []
-    for spec, expert in zip(pipe.base.ensemble.specs, pipe.base.ensemble.experts):
-        for layer, block in expert.net.unet.named_modules():
+    for spec, net in pipe.base.networks():
+        for layer, block in net.unet.named_modules():
             if layer.endswith("transformer_blocks.0"):
                 hooks.append(block.register_forward_pre_hook(lambda m, args, kwargs: setattr(m, "_h", args[0] if args else kwargs["hidden_states"]), with_kwargs=True))
                 hooks.append(block.attn2.register_forward_hook(

@@ -27,6 +27,7 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel
 
 from ediff_core.ablation import ablation_grid
+from ediff_core.images import encode_png
 from ediff_core.pipeline import GenerationResult, Progress
 from ediff_core.request import GenerationRequest, RequestError
 
@@ -34,7 +35,7 @@ from .fairness import TooManyRequests, client_key
 from .model import Model, Prepare
 from .scheduler import Busy, Cancelled, Ticket
 from .schemas import CompareBody, GenerateBody, PaintBody, StyleBody, describe_validation_error
-from .uploads import check_base64_size, decode_base64_image, encode_png
+from .uploads import check_base64_size, decode_base64_image
 
 POLL_S = 0.01  # how often a waiting handler checks for events and for a gone client
 

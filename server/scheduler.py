@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from ediff_core.attention import attention_hook, current_attention_hook
+from ediff_core.conditioning import Denoiser
 from ediff_core.experts import ExpertEnsemble
 from ediff_core.guidance import CFGDenoiser, GuidedCond, ThresholdedDenoiser
 from ediff_core.pipeline import EDiffPipeline, GenerationResult, Progress, Stage
@@ -54,7 +55,7 @@ class _Eval:
 
     ticket: "Ticket"
     stage: Stage
-    D: Callable
+    D: Denoiser
     x: Tensor  # (b, C, H, W)
     sigma: Tensor  # (b,)
     gc: GuidedCond
@@ -136,7 +137,7 @@ class SchedulerStats:
         return d
 
 
-def wrapper_key(D: Callable) -> tuple | None:
+def wrapper_key(D: Denoiser) -> tuple | None:
     """Identifies a denoiser wrapper chain by its settings; ``None`` if it is not one we know.
 
     Two evaluations can share a call only when their ``D`` compute the same function of
@@ -288,7 +289,7 @@ class Scheduler:
 
     # ------------------------------------------------------------ the evaluate hook
 
-    def evaluate(self, stage: Stage, D: Callable, x: Tensor, sigma: Tensor, gc: GuidedCond) -> Tensor:
+    def evaluate(self, stage: Stage, D: Denoiser, x: Tensor, sigma: Tensor, gc: GuidedCond) -> Tensor:
         """The pipeline's evaluate hook: queue this evaluation for the batching loop and wait."""
         ticket: Ticket | None = getattr(self._local, "ticket", None)
         if ticket is None:  # called outside a worker: no batching

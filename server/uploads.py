@@ -1,66 +1,23 @@
-"""Untrusted images in: byte and pixel limits checked before anything is decoded.
+"""Untrusted images in: base64 bodies and files Gradio stored, bounded before anything is decoded.
 
 Every upload (base64 in the REST API, a file the Gradio server saved for a UI or API client)
-goes through ``decode_image``: the byte size is checked first, then ``Image.open`` reads only
-the header, and the format and the width × height are checked before ``.load()`` decodes the
-pixels. Nothing here takes a path from a client: Gradio hands us paths of files it stored.
+ends in ``ediff_core.images.decode_image``: the byte size is checked first, then ``Image.open``
+reads only the header, and the format and the width × height are checked before ``.load()``
+decodes the pixels. Nothing here takes a path from a client: Gradio hands us paths of files it stored.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import io
 import os
 import stat
-import warnings
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from ediff_core.images import MAX_UPLOAD_BYTES, decode_image
 from ediff_core.request import RequestError
-
-MAX_UPLOAD_BYTES = 8 * 1024 * 1024  # an encoded image, before decoding
-MAX_UPLOAD_PIXELS = 4096 * 4096  # width × height, read from the header before decoding
-MAX_UPLOAD_SIDE = 8192
-ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")  # as the docs say; GIF and BMP are refused by name
-
-
-def decode_image(data: bytes, field: str) -> Image.Image:
-    """Decodes an uploaded image after checking bytes, format and header size.
-
-    Raises ``RequestError(field, ...)`` for anything too big, not an image, or corrupt.
-    """
-    if not isinstance(data, (bytes, bytearray)) or not data:
-        raise RequestError(field, "is empty; upload a PNG, JPEG or WebP image")
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise RequestError(field, f"at most {MAX_UPLOAD_BYTES} bytes; got {len(data)}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))  # reads the header only
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise RequestError(field, f"at most {MAX_UPLOAD_PIXELS} pixels; the image header declares far more") from None
-    except ValueError as e:
-        if "Too Large" in str(e) or "too large" in str(e):  # PIL's cap on zTXt/iTXt/iCCP chunks
-            raise RequestError(field, "its metadata (a text or ICC profile chunk) is too large; save the image again without metadata") from None
-        raise RequestError(field, "is not an image (expected PNG, JPEG or WebP)") from None
-    except (UnidentifiedImageError, OSError, SyntaxError):
-        raise RequestError(field, "is not an image (expected PNG, JPEG or WebP)") from None
-    if img.format not in ALLOWED_FORMATS:
-        raise RequestError(field, f"format {img.format} is not accepted; use PNG, JPEG or WebP")
-    w, h = img.size
-    if w * h > MAX_UPLOAD_PIXELS or max(w, h) > MAX_UPLOAD_SIDE:
-        raise RequestError(field, f"at most {MAX_UPLOAD_PIXELS} pixels and {MAX_UPLOAD_SIDE} per side; got {w}x{h}")
-    if w < 1 or h < 1:
-        raise RequestError(field, f"has no pixels ({w}x{h})")
-    try:
-        img.load()
-    except Exception:
-        raise RequestError(field, "is corrupt or truncated; could not decode it") from None
-    if img.mode not in ("RGB", "RGBA"):
-        img = img.convert("RGBA" if ("A" in img.getbands() or "transparency" in img.info) else "RGB")
-    return img
 
 
 def check_base64_size(text: str, field: str) -> str:
@@ -107,10 +64,3 @@ def read_uploaded_file(path: str | Path | None, field: str) -> Image.Image:
     if len(data) > MAX_UPLOAD_BYTES:
         raise RequestError(field, f"at most {MAX_UPLOAD_BYTES} bytes; got more")
     return decode_image(data, field)
-
-
-def encode_png(img: Image.Image, pnginfo=None) -> bytes:
-    """PNG bytes, with the metadata chunks in ``pnginfo`` when given."""
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", pnginfo=pnginfo)
-    return buf.getvalue()

@@ -110,7 +110,7 @@ def test_modes_report_and_restore(tiny_pipe):
         assert report.backend == ("tensorrt" if not accel.tensorrt_unavailable(tiny_pipe.device) else "torch.compile")
         assert report.networks == names
         accel.restore_pipeline(tiny_pipe)
-    assert all("forward" not in e.net.unet.__dict__ for s in tiny_pipe.stages for e in s.ensemble.experts)
+    assert all("forward" not in net.unet.__dict__ for _, _, net in tiny_pipe.networks())
 
 
 def test_compiler_failure_runs_eager(tiny_pipe, monkeypatch):
@@ -122,7 +122,7 @@ def test_compiler_failure_runs_eager(tiny_pipe, monkeypatch):
     report = accel.compile_pipeline(tiny_pipe, "torch")
     assert report.backend == "eager" and report.networks == []
     assert "inductor exploded" in report.unavailable["torch.compile"] and "falls back to eager" in report.reason
-    assert all("forward" not in e.net.unet.__dict__ for s in tiny_pipe.stages for e in s.ensemble.experts)
+    assert all("forward" not in net.unet.__dict__ for _, _, net in tiny_pipe.networks())
 
 
 def test_cache_key_tracks_weights_shapes_and_versions():

@@ -21,7 +21,7 @@ from ediff_core.request import GenerationRequest, RequestError
 from server.model import Model
 from ediff_core.paint_with_words import MAX_PHRASES
 from live_server import shared_app
-from server.uploads import decode_image
+from ediff_core.images import decode_image
 
 from test_server import PROMPT, b64, decode_result_png, png_bytes, sketch
 

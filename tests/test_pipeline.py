@@ -143,6 +143,7 @@ def test_cli_generates_through_the_cascade_with_metadata(tiny_model, tmp_path):
     meta = json.loads(img.text["ediff"])
     assert meta["seed"] == 7 and meta["experts"]["base"][0]["expert"] == "E2_3"
     assert summary["experts"]["base"] and "total" in summary["timings"]
+    assert "timings" not in meta  # timings: in the JSON summary only, so PNGs are reproducible
 
 
 def test_cli_prompts_file_and_info(tiny_model, tmp_path):

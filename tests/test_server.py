@@ -25,7 +25,7 @@ from ediff_core.samplers import nfe
 from server.model import Model
 from server.scheduler import Busy, Cancelled
 from live_server import shared_app
-from server.uploads import decode_image
+from ediff_core.images import decode_image
 
 PROMPT = "a red circle and two blue stars on old paper"
 FAST = {"steps": 3, "sr_steps": 1}
