@@ -1,0 +1,41 @@
+"""The layers of docs/architecture.md hold: no import cycle, and no import climbs back up."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+
+from import_graph import cycles, graph  # noqa: E402
+
+LAYERS = {"ediff_core": set(), "server": {"ediff_core"}, "demo": {"ediff_core", "server"}, "app": {"ediff_core", "server", "demo"}}
+
+
+def test_no_import_cycle_among_the_project_modules():
+    assert cycles(graph()) == []
+
+
+def test_each_layer_imports_only_the_layers_below_it():
+    climbs = [(s, t) for s, ts in graph().items() for t in ts if t.split(".")[0] not in LAYERS[s.split(".")[0]] | {s.split(".")[0]}]
+    assert climbs == []
+
+
+def test_the_checker_sees_a_cycle_and_a_climb():
+    assert cycles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]
+    edges = graph()
+    assert "ediff_core.request" in edges["server.schemas"]  # runtime imports are read, so a climb would show
+
+
+def test_every_front_end_is_derived_from_the_one_request_schema():
+    from ediff_core.cli import build_parser
+    from ediff_core.request import API_FIELDS, REQUEST_FIELDS
+    from ediff_core.samplers import SAMPLERS
+    from server.schemas import GenerateBody, PaintBody, StyleBody
+
+    generate = next(a for a in build_parser()._subparsers._group_actions[0].choices.items() if a[0] == "generate")[1]
+    dests = {a.dest for a in generate._actions}
+    assert all(name in dests or f"no_{name}" in dests for name in REQUEST_FIELDS)
+    props = GenerateBody.model_json_schema()["properties"]
+    assert set(API_FIELDS) <= set(props)
+    assert props["sampler"]["anyOf"][0]["enum"] == list(SAMPLERS)
+    assert props["seed"]["maximum"] == REQUEST_FIELDS["seed"].hi
+    assert "style_strength" in StyleBody.model_fields and "pww_weight" in PaintBody.model_fields
