@@ -151,7 +151,7 @@ class Context:
         if request is None:
             return None
         host = request.client.host if request.client else None
-        return client_key(None, host, request.headers, self.trusted_header)  # one shared login: by address
+        return client_key(host, request.headers, self.trusted_header)
 
     def cached(self, ex: Example) -> tuple:
         """The result panel's outputs for an example, read from its cached PNG: no model run."""

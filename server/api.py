@@ -207,9 +207,7 @@ def create_api(model: Model, auth: tuple[str, str] | None = None, title: str = "
         return error_response(exc)
 
     def client_of(request: Request) -> str:
-        # --auth is one login shared by everyone allowed in: it names no individual, so clients
-        # are told apart by address (client_key's user is for per-user logins)
-        return client_key(None, request.client.host if request.client else None, request.headers, trusted_header)
+        return client_key(request.client.host if request.client else None, request.headers, trusted_header)
 
     @app.get("/health", tags=["server"])
     def health() -> dict:

@@ -23,15 +23,14 @@ if TYPE_CHECKING:
 ANONYMOUS = "anonymous"
 
 
-def client_key(user: str | None, host: str | None, headers: Mapping[str, str] | None = None, trusted_header: str | None = None) -> str:
-    """Who a request comes from: ``user:NAME`` when logged in, else ``ip:ADDRESS``.
+def client_key(host: str | None, headers: Mapping[str, str] | None = None, trusted_header: str | None = None) -> str:
+    """Who a request comes from: ``ip:ADDRESS`` (``--auth`` is one login shared by everyone let
+    in, so it names no individual).
 
     Behind a reverse proxy every request comes from the proxy's address; name the header it sets
     (``--trusted-proxy-header X-Forwarded-For``) and the last address in it, the one the proxy
     appended, is used. Never trust such a header without a proxy: clients can write it.
     """
-    if user:
-        return f"user:{user}"
     if trusted_header and headers is not None:
         value = headers.get(trusted_header) or headers.get(trusted_header.lower())
         if value:

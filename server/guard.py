@@ -98,7 +98,7 @@ class Guard:
     def _client(self, scope: Scope) -> str:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
         host = scope["client"][0] if scope.get("client") else None
-        return client_key(None, host, headers, self.trusted_header)
+        return client_key(host, headers, self.trusted_header)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

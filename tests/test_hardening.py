@@ -141,9 +141,8 @@ def test_requests_in_flight_per_client_are_capped(tiny_pipe):
 def test_without_the_trusted_header_clients_are_told_apart_by_address(tiny_model):
     from server.fairness import client_key
 
-    assert client_key(None, "127.0.0.1", {"X-Forwarded-For": "1.2.3.4"}, None) == "ip:127.0.0.1"
-    assert client_key(None, "127.0.0.1", {"X-Forwarded-For": "6.6.6.6, 1.2.3.4"}, "X-Forwarded-For") == "ip:1.2.3.4"
-    assert client_key("bob", "127.0.0.1", {}, None) == "user:bob"
+    assert client_key("127.0.0.1", {"X-Forwarded-For": "1.2.3.4"}, None) == "ip:127.0.0.1"
+    assert client_key("127.0.0.1", {"X-Forwarded-For": "6.6.6.6, 1.2.3.4"}, "X-Forwarded-For") == "ip:1.2.3.4"
 
 
 # ---------------------------------------------------------------- 3. body cap, deadlines, logins
