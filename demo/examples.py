@@ -23,10 +23,10 @@ from typing import Any, Iterator
 from PIL import Image, ImageDraw
 
 from ediff_core.images import save_png
+from ediff_core.paint_with_words import PALETTE, hex_colour
 from ediff_core.pipeline import GenerationResult
 from ediff_core.request import GenerationRequest
 from server.model import ModelLike
-from ediff_core.paint_with_words import PALETTE, hex_colour
 
 from .runner import Outputs
 from .theme import ASSETS

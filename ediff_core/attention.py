@@ -18,7 +18,6 @@ import threading
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 
-import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import Tensor
 

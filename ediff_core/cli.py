@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import MISSING
 from pathlib import Path
 
 from .request import REQUEST_DEFAULTS, REQUEST_FIELDS, RequestError, pick_device
@@ -23,7 +24,7 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
                 p.add_argument(flag, action="store_true", help=spec.help)
             continue
         allowed = f" ({' | '.join(spec.choices)})" if spec.choices else ""
-        p.add_argument(flag, type=spec.kind, default=None if name == "prompt" else default, help=spec.help + allowed + ("; the model's default if omitted" if default is None else ""))
+        p.add_argument(flag, type=spec.kind, default=None if default is MISSING else default, help=spec.help + allowed + ("; the model's default if omitted" if default is None else ""))
     p.add_argument("--style-image", default=None, help="reference image whose CLIP embedding sets the style")
     p.add_argument("--style-sigma", type=float, nargs=2, default=None, metavar=("LO", "HI"), help="apply the style only for σ in [LO, HI]")
     p.add_argument("--paint", default=None, help="colour sketch for paint-with-words")

@@ -55,15 +55,25 @@ def hex_colour(rgb: tuple[int, int, int]) -> str:
     return "#%02x%02x%02x" % tuple(rgb)
 
 
-def split_strength(phrase: str) -> tuple[str, float | None]:
-    """'words@0.5' -> ('words', 0.5); 'words' -> ('words', None)."""
-    if "@" not in phrase:
-        return phrase.strip(), None
-    words, _, value = phrase.rpartition("@")
-    try:
-        return words.strip(), float(value)
-    except ValueError:
-        raise RequestError("phrases", f"'{phrase.strip()}': the strength after '@' must be a number; got {value!r}") from None
+def split_phrases(phrases) -> tuple[dict[str, str], dict[str, float]]:
+    """``parse_phrases``, refused when it maps nothing, split into colour -> words and
+    words -> strength (from 'words@0.5')."""
+    parsed = parse_phrases(phrases)
+    if not parsed:
+        raise RequestError("phrases", "map at least one colour of the sketch to a phrase of the prompt ('#RRGGBB=words')")
+    words: dict[str, str] = {}
+    strengths: dict[str, float] = {}
+    for colour, phrase in parsed.items():
+        if "@" not in phrase:
+            words[colour] = phrase
+            continue
+        text, _, value = phrase.rpartition("@")
+        try:
+            strengths[text.strip()] = float(value)
+        except ValueError:
+            raise RequestError("phrases", f"'{phrase}': the strength after '@' must be a number; got {value!r}") from None
+        words[colour] = text.strip()
+    return words, strengths
 
 
 def parse_colour(text, field: str = "phrases") -> str:
@@ -182,16 +192,7 @@ class PaintSpec:
     def from_mapping(cls, sketch, phrases) -> "PaintSpec":
         """The one constructor of CLI, UI and API: the sketch and what ``parse_phrases`` reads
         ({'#RRGGBB': 'words[@strength]'}, ['#RRGGBB=words', ...] or that as text)."""
-        parsed = parse_phrases(phrases)
-        if not parsed:
-            raise RequestError("phrases", "map at least one colour of the sketch to a phrase of the prompt ('#RRGGBB=words')")
-        words: dict[str, str] = {}
-        strengths: dict[str, float] = {}
-        for colour, phrase in parsed.items():
-            words[colour], strength = split_strength(phrase)
-            if strength is not None:
-                strengths[words[colour]] = strength
-        return cls(sketch, words, strengths)
+        return cls(sketch, *split_phrases(phrases))
 
     @classmethod
     def from_layers(cls, background, layers: list, phrases) -> "PaintSpec":

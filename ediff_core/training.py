@@ -66,7 +66,7 @@ class TrainConfig:
     sr_steps: int = 600
     high_level: int = 5  # the high-noise leaf E^high_(2^high − 1) of the default layout; the paper uses 9
     low_level: int = 3  # the low-noise leaf E^low_0 of the default layout, as the paper
-    # the experts, as data (``Branch.to_json`` entries, in training order); None: paper_layout(high_level, low_level)
+    # the experts, as data (``Branch.from_json`` entries, in training order); None: paper_layout(high_level, low_level)
     layout: list[dict] | None = None
     dropout: dict[str, float] = field(default_factory=lambda: dict(DROPOUT_RATES))
     sr_aug_max: float = 0.4  # noise-conditioning augmentation σ ~ U(0, sr_aug_max) on the low-res input
@@ -104,11 +104,6 @@ class Branch:
     spec: ExpertSpec
     parent: str = "shared"
     steps: int | None = None
-
-    def to_json(self) -> dict:
-        iv = self.spec.interval
-        return {"name": self.spec.name, "sigma_min": iv.lo, "sigma_max": None if math.isinf(iv.hi) else iv.hi,
-                "guidance": self.spec.guidance, "parent": self.parent, "steps": self.steps}
 
     @staticmethod
     def from_json(d: dict, where: str = "layout") -> "Branch":

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from ediff_core.paint_with_words import PaintSpec, parse_phrases, split_strength
+from ediff_core.paint_with_words import PaintSpec, split_phrases
 from ediff_core.request import RequestError
 
 MAX_PHRASE_TOKENS = 32
@@ -20,10 +20,7 @@ SKETCH_SIDE = 512  # sketches are downscaled (nearest: colours stay exact) to th
 
 def phrase_words(phrases: dict[str, str] | list[str] | str) -> list[str]:
     """The phrases of a colour map (``parse_phrases``' caps apply), without their ``@strength``."""
-    parsed = parse_phrases(phrases)
-    if not parsed:
-        raise RequestError("phrases", "map at least one colour of the sketch to a phrase of the prompt ('#RRGGBB=words')")
-    return [split_strength(p)[0] for p in parsed.values()]
+    return list(split_phrases(phrases)[0].values())
 
 
 def check_phrase_tokens(phrase: str, positions: tuple[list[int], list[int]], field: str = "phrases") -> None:

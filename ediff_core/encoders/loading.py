@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from ediff_core.encoders.base import ImageEncoder, TextEncoder
+from ediff_core.encoders.base import TextEncoder
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 T5_HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer.json",
