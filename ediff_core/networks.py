@@ -40,6 +40,8 @@ PRESETS: dict[str, UNetConfig] = {
     # ediff-mini with attention at 32² too, so paint-with-words' bias reaches full resolution
     # (App. A puts attention at ½, ¼ and ⅛ of the 64-px base; at 32 px, ½ is 16² and objects span 1–3 cells)
     "mini_attn32": UNetConfig(attention=(True, True, True)),
+    # ediff-mini twice as wide (16.7 M parameters, 4x the FLOPs): #26's capacity probe at equal wall-clock
+    "mini_wide": UNetConfig(channels=(64, 128, 256)),
     "mini_sr": UNetConfig(channels=(32, 48, 96), attention=(False, False, True), width=96, head_dim=32),
     "paper": UNetConfig(channels=(256, 512, 1024, 1024), layers_per_block=3, attention=(False, True, True, True), width=1024, head_dim=64, norm_groups=32),
 }

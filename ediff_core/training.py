@@ -83,6 +83,8 @@ PRESETS: dict[str, TrainConfig] = {
     "mini": TrainConfig(),
     # the base U-Net with attention at 32² as well; warm-starts from a "mini" run's exported weights
     "mini_attn32": TrainConfig(base_unet="mini_attn32"),
+    # the base U-Net twice as wide (trains from scratch; the same encoders and SR stage as "mini")
+    "mini_wide": TrainConfig(base_unet="mini_wide"),
     "tiny": TrainConfig(base_unet="tiny", sr_unet="tiny", batch_size=4, base_steps=3, expert_steps=2, sr_steps=2, warmup=1, save_every=2, data_workers=0, toy_encoders=True),
 }
 

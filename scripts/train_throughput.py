@@ -26,12 +26,10 @@ from torch.profiler import ProfilerActivity, profile, record_function
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ediff_core.feed import Feed  # noqa: E402
 from ediff_core.loss import EDMLoss  # noqa: E402
-from ediff_core.networks import PRESETS as UNETS  # noqa: E402
 from ediff_core.networks import build_unet, denoiser  # noqa: E402
 from ediff_core.training import PRESETS, batches, load_training_encoders, precision_context  # noqa: E402
 
 PHASES = ("data", "encoders", "forward", "backward", "optimizer")
-WIDE = replace(UNETS["mini"], channels=tuple(2 * c for c in UNETS["mini"].channels))
 
 
 class Arm:
@@ -40,7 +38,7 @@ class Arm:
     def __init__(self, unet: str, precision: str, enc, cfg):
         self.name, self.precision, self.enc = f"{unet} {precision}", precision, enc
         self.cfg = replace(cfg, precision=precision)
-        self.net = build_unet(WIDE if unet == "wide" else unet, cfg.base_resolution, enc.dims, False).float().train()
+        self.net = build_unet("mini_wide" if unet == "wide" else unet, cfg.base_resolution, enc.dims, False).float().train()
         self.params = sum(p.numel() for p in self.net.parameters())
         self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
