@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=int(os.environ.get("PORT") or os.environ.get("GRADIO_SERVER_PORT") or 7860), help="port (default $PORT, $GRADIO_SERVER_PORT or 7860)")
     p.add_argument("--model", default=None, help="model folder or Hub id (default: checkpoints/ediff-mini)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--compile", default="none", choices=["auto", "tensorrt", "torch", "none"], help="accelerate the U-Nets (ediff_core.accel)")
+    p.add_argument("--compile", default="none", choices=["auto", "tensorrt", "torch", "none"], help="accelerate the U-Nets (ediff_core.tools.accel)")
     p.add_argument("--auth", default=os.environ.get("EDIFF_AUTH") or None, metavar="USER:PASS", help="require this login for the UI and /v1 routes (default $EDIFF_AUTH)")
     p.add_argument("--server-url", default=None, metavar="URL", help="run only the UI, against the model server at URL")
     p.add_argument("--server-auth", default=None, metavar="USER:PASS", help="login for --server-url's /v1 routes")
@@ -68,8 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def file_size(text: str) -> int:
-    """'8mb', '500kb', '1048576' -> bytes (1 kb = 1024); at most ``ediff_core.images.MAX_UPLOAD_BYTES``."""
-    from ediff_core.images import MAX_UPLOAD_BYTES
+    """'8mb', '500kb', '1048576' -> bytes (1 kb = 1024); at most ``ediff_core.core.images.MAX_UPLOAD_BYTES``."""
+    from ediff_core.core.images import MAX_UPLOAD_BYTES
 
     t = str(text).strip().lower().replace(" ", "")
     units = {"gb": 2**30, "mb": 2**20, "kb": 2**10, "b": 1}
@@ -167,13 +167,13 @@ def guarded(app, args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ediff_core.accel import tune_cpu_allocator
+    from ediff_core.tools.accel import tune_cpu_allocator
     tune_cpu_allocator()  # process-wide (glibc heap thresholds, docs/performance.md): set by the entry point
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
     import uvicorn
 
-    from ediff_core.request import RequestError
+    from ediff_core.core.request import RequestError
 
     from server.guard import header_timeout_protocol
 

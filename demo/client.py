@@ -16,7 +16,7 @@ import httpx
 from PIL import Image
 
 from ediff_core.pipeline import GenerationResult, Progress
-from ediff_core.request import API_FIELDS, GenerationRequest, RequestError
+from ediff_core.core.request import API_FIELDS, GenerationRequest, RequestError
 from server.fairness import TooManyRequests
 from server.model import Prepare, SketchSource
 from server.scheduler import Busy, Cancelled

@@ -22,10 +22,10 @@ from typing import Any, Iterator
 
 from PIL import Image, ImageDraw
 
-from ediff_core.images import save_png
-from ediff_core.paint_with_words import PALETTE, hex_colour
+from ediff_core.core.images import save_png
+from ediff_core.features.paint_with_words import PALETTE, hex_colour
 from ediff_core.pipeline import GenerationResult
-from ediff_core.request import GenerationRequest
+from ediff_core.core.request import GenerationRequest
 from server.model import ModelLike
 
 from .runner import Outputs
@@ -173,7 +173,7 @@ def all_examples() -> list[Example]:
 def write_shipped(model_path: str | None, out: Path = SHIPPED) -> dict:
     """Runs every example through the model at ``model_path`` into ``out``, with a manifest
     recording the model's fingerprint and each result's alignment verdict (the eval metric)."""
-    from ediff_core.eval.alignment import check_alignment
+    from ediff_core.tools.eval.alignment import check_alignment
     from server.model import Model
 
     model = Model.load(model_path)

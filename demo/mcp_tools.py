@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ediff_core.conditioning import ENCODER_MODES
-from ediff_core.request import MAX_GUIDANCE, MAX_IMAGES, MAX_SEED, MAX_STEPS
-from ediff_core.samplers import SAMPLERS
+from ediff_core.core.conditioning import ENCODER_MODES
+from ediff_core.core.request import MAX_GUIDANCE, MAX_IMAGES, MAX_SEED, MAX_STEPS
+from ediff_core.core.samplers import SAMPLERS
 
 TOOLS = {
     "generate": "Text to image with eDiff-I (an ensemble of sigma-routed expert denoisers, T5 + CLIP text conditioning). Returns the images as PNG files with their settings embedded.",

@@ -22,9 +22,9 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 from PIL import Image
 
-from ediff_core.images import png_info
+from ediff_core.core.images import png_info
 from ediff_core.pipeline import GenerationResult, Progress
-from ediff_core.request import GenerationRequest, RequestError
+from ediff_core.core.request import GenerationRequest, RequestError
 from server.fairness import TooManyRequests
 from server.scheduler import Busy, Cancelled
 
@@ -173,7 +173,7 @@ def attention_gallery(result: GenerationResult, outputs: Outputs) -> list[tuple[
     """Per-word cross-attention overlays of image 0 (Fig. 3) when the request recorded them."""
     if result.attention is None or result.attention["maps"].shape[0] == 0:
         return []
-    from ediff_core.attention_maps import attention_overlay
+    from ediff_core.features.attention_maps import attention_overlay
 
     items = []
     for word in ["null", *result.attention["words"]]:

@@ -25,12 +25,12 @@ import gradio as gr
 from gradio.exceptions import InvalidPathError
 from PIL import Image
 
-from ediff_core.ablation import MODE_LABELS
+from ediff_core.features.ablation import MODE_LABELS
 from ediff_core.encoders.base import phrase_char_span
-from ediff_core.paint_with_words import PALETTE, PaintSpec, hex_colour, parse_phrases
-from ediff_core.conditioning import ENCODER_MODES
-from ediff_core.request import MAX_GUIDANCE, MAX_IMAGES, MAX_SEED, MAX_STEPS, RequestError
-from ediff_core.samplers import SAMPLERS
+from ediff_core.features.paint_with_words import PALETTE, PaintSpec, hex_colour, parse_phrases
+from ediff_core.core.conditioning import ENCODER_MODES
+from ediff_core.core.request import MAX_GUIDANCE, MAX_IMAGES, MAX_SEED, MAX_STEPS, RequestError
+from ediff_core.core.samplers import SAMPLERS
 from server.model import ModelLike
 from server.fairness import client_key
 from server.uploads import read_uploaded_file

@@ -1,12 +1,12 @@
 """What the model knows, on the page: word chips that insert into the prompt, and a notice
-naming the words of a prompt the model's own tokenizers do not know (``ediff_core.vocabulary``).
+naming the words of a prompt the model's own tokenizers do not know (``ediff_core.tools.vocabulary``).
 """
 
 from __future__ import annotations
 
 import html
 
-from ediff_core.vocabulary import WORD_GROUPS, TokenizerVocabulary
+from ediff_core.tools.vocabulary import WORD_GROUPS, TokenizerVocabulary
 from server.model import ModelLike
 
 

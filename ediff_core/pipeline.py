@@ -16,19 +16,19 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from torch import Tensor
 
-from .attention import install as install_attention
-from .attention_maps import AttentionRecorder
-from .conditioning import Denoiser, select_encoders
-from .embed import EncoderSet
-from .experts import ExpertEnsemble, ExpertSpec, Interval
-from .guidance import CFGDenoiser, GuidedCond, ThresholdedDenoiser
-from .images import png_info, to_pil
-from .model_folder import ExpertEntry, ModelIndex, StageEntry, default_model_path, read_index, resolve_folder, write_index
-from .networks import EDiffUNet, denoiser
-from .paint_with_words import PaintBias, token_maps
-from .request import GenerationRequest
-from .samplers import initial_noise, karras_sigmas, nfe, sample_steps
-from .style import reference_tensor, style_active
+from .core.attention import install as install_attention
+from .features.attention_maps import AttentionRecorder
+from .core.conditioning import Denoiser, select_encoders
+from .core.embed import EncoderSet
+from .core.experts import ExpertEnsemble, ExpertSpec, Interval
+from .core.guidance import CFGDenoiser, GuidedCond, ThresholdedDenoiser
+from .core.images import png_info, to_pil
+from .core.model_folder import ExpertEntry, ModelIndex, StageEntry, default_model_path, read_index, resolve_folder, write_index
+from .core.networks import EDiffUNet, denoiser
+from .features.paint_with_words import PaintBias, token_maps
+from .core.request import GenerationRequest
+from .core.samplers import initial_noise, karras_sigmas, nfe, sample_steps
+from .features.style import reference_tensor, style_active
 
 DEFAULTS = {"steps": 25, "sr_steps": 10, "guidance": 3.0, "sr_guidance": 1.0, "sampler": "dpmpp_2m"}
 
@@ -125,7 +125,7 @@ class EDiffPipeline:
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> "EDiffPipeline":
         """Loads a model folder (``model_index.json``), a Hub id when online, or the embedded default."""
-        from .embed import load_encoder_set
+        from .core.embed import load_encoder_set
 
         folder = resolve_folder(path if path is not None else default_model_path())
         index = read_index(folder)

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ediff_core.eval.paper import load_variant  # noqa: E402
-from ediff_core.evaluate import alignment_suite  # noqa: E402
+from ediff_core.tools.eval.paper import load_variant  # noqa: E402
+from ediff_core.tools.eval.alignment import alignment_suite  # noqa: E402
 from ediff_core.pipeline import EDiffPipeline  # noqa: E402
 
 ap = argparse.ArgumentParser()

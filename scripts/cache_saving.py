@@ -17,9 +17,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ediff_core.data.spec import collate, open_data  # noqa: E402
-from ediff_core.embed import load_encoder_set  # noqa: E402
-from ediff_core.embed_cache import EmbeddingCache  # noqa: E402
-from ediff_core.training import PRESETS  # noqa: E402
+from ediff_core.core.embed import load_encoder_set  # noqa: E402
+from ediff_core.tools.embed_cache import EmbeddingCache  # noqa: E402
+from ediff_core.tools.training import PRESETS  # noqa: E402
 
 
 def main() -> None:

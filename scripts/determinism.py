@@ -15,7 +15,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ediff_core.pipeline import EDiffPipeline  # noqa: E402
-from ediff_core.request import GenerationRequest  # noqa: E402
+from ediff_core.core.request import GenerationRequest  # noqa: E402
 from server.model import Model  # noqa: E402
 
 PROMPTS = ["a red circle and two blue stars on old paper", "a green heart", "two yellow squares", "a large purple triangle"]

@@ -15,6 +15,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("ediff_core", "server", "demo")
+# the library's folders, lowest first: a module imports only its own folder and those below it
+LIBRARY_LAYERS = ("data", "encoders", "core", "features", "pipeline", "tools", "__main__")
+
+
+def library_layer(module: str) -> int:
+    """The rank of an ``ediff_core`` module in LIBRARY_LAYERS (-1: the package itself)."""
+    parts = module.split(".")
+    return LIBRARY_LAYERS.index(parts[1]) if len(parts) > 1 else -1
 
 
 def module_name(path: Path) -> str:
@@ -103,6 +111,10 @@ def main() -> int:
         for pkg in ("ediff_core", "server", "demo", "app"):
             uses = sorted({t.split(".")[0] for s, ts in edges.items() if s.split(".")[0] == pkg for t in ts} - {pkg})
             print(f"{pkg} imports: {', '.join(uses) or 'nothing of the project'}")
+        lib = {s: ts for s, ts in edges.items() if s.startswith("ediff_core.")}
+        for layer in LIBRARY_LAYERS:
+            uses = sorted({t.split(".")[1] for s, ts in lib.items() if s.split(".")[1] == layer for t in ts if t.startswith("ediff_core.")} - {layer})
+            print(f"ediff_core.{layer} imports: {', '.join(uses) or 'nothing of the library'}")
     return 1 if found else 0
 
 

@@ -227,7 +227,7 @@ def run_fairness(url: str, solo_runs: int = 5) -> dict:
 
 
 def run_caps(url: str) -> dict:
-    from ediff_core.images import encode_png
+    from ediff_core.core.images import encode_png
 
     sketch = base64.b64encode(encode_png(Image.new("RGB", (1024, 1024), "white"))).decode()
     phrases = {f"#{k:06x}": "red circle" for k in range(200)}
@@ -257,7 +257,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="ediff-reliability-"))
     model = a.model
     if model is None:
-        from ediff_core.tiny import make_tiny_model_folder
+        from ediff_core.tools.tiny import make_tiny_model_folder
 
         model = str(make_tiny_model_folder(work / "tiny"))
     args = ["--model", model, "--trusted-proxy-header", "X-Forwarded-For"]

@@ -21,9 +21,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ediff_core.data.shapes_world import COLORS, SHAPES  # noqa: E402
-from ediff_core.eval.alignment import check_alignment, detect_objects, parse_prompt  # noqa: E402
+from ediff_core.tools.eval.alignment import check_alignment, detect_objects, parse_prompt  # noqa: E402
 from ediff_core.pipeline import EDiffPipeline  # noqa: E402
-from ediff_core.request import GenerationRequest  # noqa: E402
+from ediff_core.core.request import GenerationRequest  # noqa: E402
 
 
 def encoder_similarity(pipe: EDiffPipeline, colours: list[str], shapes: list[str]) -> dict[str, tuple[float, float]]:

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ediff_core.model_folder import ExpertEntry, read_index, write_index  # noqa: E402
+from ediff_core.core.model_folder import ExpertEntry, read_index, write_index  # noqa: E402
 
 
 def main() -> int:

@@ -37,12 +37,12 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ediff_core.attention_maps import token_map  # noqa: E402
-from ediff_core.eval.alignment import check_alignment, detect_objects, eval_prompts  # noqa: E402
-from ediff_core.eval.control import paint_placement_rate  # noqa: E402
-from ediff_core.guidance import GuidedCond  # noqa: E402
+from ediff_core.features.attention_maps import token_map  # noqa: E402
+from ediff_core.tools.eval.alignment import check_alignment, detect_objects, eval_prompts  # noqa: E402
+from ediff_core.tools.eval.control import paint_placement_rate  # noqa: E402
+from ediff_core.core.guidance import GuidedCond  # noqa: E402
 from ediff_core.pipeline import EDiffPipeline  # noqa: E402
-from ediff_core.request import GenerationRequest  # noqa: E402
+from ediff_core.core.request import GenerationRequest  # noqa: E402
 
 
 class OutsideSuppressed(EDiffPipeline):
@@ -77,9 +77,9 @@ def sr_vs_base(model: str, n: int, kinds: list[str]) -> None:
 
 def painted_attention(pipe: EDiffPipeline, layout: int, encoders: str) -> None:
     """Per σ, the attention share on each painted phrase's tokens inside and outside its region."""
-    from ediff_core.attention_maps import token_columns
-    from ediff_core.eval.control import placement_layout
-    from ediff_core.paint_with_words import PaintSpec
+    from ediff_core.features.attention_maps import token_columns
+    from ediff_core.tools.eval.control import placement_layout
+    from ediff_core.features.paint_with_words import PaintSpec
 
     prompt, _, sketch, phrases = placement_layout(layout)
     spec = PaintSpec(sketch, phrases)
@@ -146,7 +146,7 @@ def attention_selectivity(model: str, n: int, kinds: list[str]) -> None:
 
 def _phrase_means(pipe: EDiffPipeline, prompt: str, phrases: list[str]) -> dict[str, torch.Tensor]:
     """Per encoder ("clip", "t5"), each phrase's mean output token (P, D) for ``prompt``."""
-    from ediff_core.paint_with_words import phrase_positions
+    from ediff_core.features.paint_with_words import phrase_positions
 
     outs = {"clip": pipe.encoders.clip_text.encode([prompt]).tokens[0].float(), "t5": pipe.encoders.t5.encode([prompt]).tokens[0].float()}
     pos = [phrase_positions(pipe, prompt, p) for p in phrases]
@@ -165,7 +165,7 @@ def _pairwise(x: torch.Tensor) -> tuple[list[float], list[float]]:
 
 @torch.no_grad()
 def token_contrast(model: str, n: int) -> None:
-    from ediff_core.eval.control import placement_layout
+    from ediff_core.tools.eval.control import placement_layout
 
     pipe = EDiffPipeline.from_pretrained(model)
     stats: dict[str, tuple[list[float], list[float]]] = {}

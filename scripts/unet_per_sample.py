@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ediff_core.bench import unet_ms  # noqa: E402
+from ediff_core.tools.bench import unet_ms  # noqa: E402
 from ediff_core.pipeline import EDiffPipeline  # noqa: E402
 
 ap = argparse.ArgumentParser()

@@ -26,10 +26,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel
 
-from ediff_core.ablation import ablation_grid
-from ediff_core.images import encode_png
+from ediff_core.features.ablation import ablation_grid
+from ediff_core.core.images import encode_png
 from ediff_core.pipeline import GenerationResult, Progress
-from ediff_core.request import GenerationRequest, RequestError
+from ediff_core.core.request import GenerationRequest, RequestError
 
 from .fairness import TooManyRequests, client_key
 from .model import Model, Prepare

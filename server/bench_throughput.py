@@ -13,9 +13,9 @@ import json
 import threading
 import time
 
-from ediff_core.accel import tune_cpu_allocator
+from ediff_core.tools.accel import tune_cpu_allocator
 from ediff_core.pipeline import EDiffPipeline
-from ediff_core.request import GenerationRequest
+from ediff_core.core.request import GenerationRequest
 
 from .model import Model, pick_device
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Mapping
 
 if TYPE_CHECKING:
     from ediff_core.pipeline import EDiffPipeline
-    from ediff_core.request import GenerationRequest
+    from ediff_core.core.request import GenerationRequest
 
 ANONYMOUS = "anonymous"
 
@@ -49,7 +49,7 @@ class TooManyRequests(RuntimeError):
 
 def request_cost(pipe: "EDiffPipeline", req: "GenerationRequest") -> float:
     """Megapixel-evaluations a resolved request asks for: Σ_stages NFE × samples × H × W / 10⁶."""
-    from ediff_core.samplers import nfe
+    from ediff_core.core.samplers import nfe
 
     total = 0.0
     for k, stage in enumerate(pipe.stages):

@@ -15,10 +15,10 @@ from typing import Callable, Iterator, Protocol, Sequence
 
 from PIL import Image
 
-from ediff_core import accel
-from ediff_core.conditioning import ENCODER_MODES
+from ediff_core.tools import accel
+from ediff_core.core.conditioning import ENCODER_MODES
 from ediff_core.pipeline import EDiffPipeline, GenerationResult, Progress
-from ediff_core.request import GenerationRequest, RequestError, pick_device
+from ediff_core.core.request import GenerationRequest, RequestError, pick_device
 
 from .fairness import ClientLimits, TooManyRequests, request_cost
 from .scheduler import Busy, Cancelled, Scheduler, Ticket
@@ -47,7 +47,7 @@ class ModelLike(Protocol):
 
 
 def apply_compile(pipe: EDiffPipeline, mode: str) -> tuple[str, int | None]:
-    """Accelerates the U-Nets with ``ediff_core.accel``.
+    """Accelerates the U-Nets with ``ediff_core.tools.accel``.
 
     Returns what runs (``str`` of its report: "tensorrt", "torch.compile" or "eager") and the
     largest U-Net batch the backend serves fast (TensorRT engines have one; None = any).
@@ -152,7 +152,7 @@ class Model:
     def paint_prepare(self, request: GenerationRequest, sketch: SketchSource, phrases: dict[str, str]) -> Prepare:
         """Checks what costs nothing now (the phrase caps, every phrase in the prompt, §4.3) and
         returns the step that decodes, downscales and rasterises the sketch in the request's slot."""
-        from ediff_core.paint_with_words import phrase_positions
+        from ediff_core.features.paint_with_words import phrase_positions
 
         from .painting import check_phrase_tokens, paint_spec, phrase_words
 

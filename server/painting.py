@@ -2,7 +2,7 @@
 built in the request's slot.
 
 Parsing (``parse_phrases``, colours, ``@strength``) and the spec are the library's
-(``ediff_core.paint_with_words``); its errors already name the API's fields (``sketch``,
+(``ediff_core.features.paint_with_words``); its errors already name the API's fields (``sketch``,
 ``phrases``). This module adds what only a shared server needs (issue #24.2): a token cap per
 phrase, and sketches downscaled before their masks are rasterised.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from PIL import Image
 
-from ediff_core.paint_with_words import PaintSpec, split_phrases
-from ediff_core.request import RequestError
+from ediff_core.features.paint_with_words import PaintSpec, split_phrases
+from ediff_core.core.request import RequestError
 
 MAX_PHRASE_TOKENS = 32
 SKETCH_SIDE = 512  # sketches are downscaled (nearest: colours stay exact) to this before masks

@@ -29,12 +29,12 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor
 
-from ediff_core.attention import attention_hook, current_attention_hook
-from ediff_core.conditioning import Denoiser
-from ediff_core.experts import ExpertEnsemble
-from ediff_core.guidance import CFGDenoiser, GuidedCond, ThresholdedDenoiser
+from ediff_core.core.attention import attention_hook, current_attention_hook
+from ediff_core.core.conditioning import Denoiser
+from ediff_core.core.experts import ExpertEnsemble
+from ediff_core.core.guidance import CFGDenoiser, GuidedCond, ThresholdedDenoiser
 from ediff_core.pipeline import EDiffPipeline, GenerationResult, Progress, Stage
-from ediff_core.request import GenerationRequest
+from ediff_core.core.request import GenerationRequest
 
 from .fairness import ClientLimits, Ledger, TooManyRequests
 

@@ -14,11 +14,11 @@ from typing import Any, Literal
 from annotated_types import Ge, Le, MaxLen, MinLen
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from ediff_core.conditioning import ENCODER_MODES
-from ediff_core.request import API_FIELDS, REQUEST_DEFAULTS, REQUEST_FIELDS, GenerationRequest
-from ediff_core.samplers import SAMPLERS
+from ediff_core.core.conditioning import ENCODER_MODES
+from ediff_core.core.request import API_FIELDS, REQUEST_DEFAULTS, REQUEST_FIELDS, GenerationRequest
+from ediff_core.core.samplers import SAMPLERS
 
-from ediff_core.paint_with_words import MAX_PHRASE_CHARS, MAX_PHRASES
+from ediff_core.features.paint_with_words import MAX_PHRASE_CHARS, MAX_PHRASES
 
 Sampler = Literal[tuple(SAMPLERS)]  # type: ignore[valid-type]
 EncoderMode = Literal[ENCODER_MODES]  # type: ignore[valid-type]
@@ -85,7 +85,7 @@ class PaintBody(GenerateBody):
     pww_weight: float = field_info("pww_weight")
 
     def phrase_map(self) -> dict[str, str]:
-        from ediff_core.paint_with_words import parse_phrases
+        from ediff_core.features.paint_with_words import parse_phrases
 
         return parse_phrases(self.phrases)
 

@@ -1,7 +1,7 @@
 """Untrusted images in: base64 bodies and files Gradio stored, bounded before anything is decoded.
 
 Every upload (base64 in the REST API, a file the Gradio server saved for a UI or API client)
-ends in ``ediff_core.images.decode_image``: the byte size is checked first, then ``Image.open``
+ends in ``ediff_core.core.images.decode_image``: the byte size is checked first, then ``Image.open``
 reads only the header, and the format and the width × height are checked before ``.load()``
 decodes the pixels. Nothing here takes a path from a client: Gradio hands us paths of files it stored.
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from ediff_core.images import MAX_UPLOAD_BYTES, decode_image
-from ediff_core.request import RequestError
+from ediff_core.core.images import MAX_UPLOAD_BYTES, decode_image
+from ediff_core.core.request import RequestError
 
 
 def check_base64_size(text: str, field: str) -> str:

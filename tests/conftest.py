@@ -13,7 +13,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A complete random model folder in the real formats (T5 HF layout, open_clip, diffusers)."""
-    from ediff_core.tiny import make_tiny_model_folder
+    from ediff_core.tools.tiny import make_tiny_model_folder
 
     return make_tiny_model_folder(tmp_path_factory.mktemp("tiny") / "model")
 

@@ -1,4 +1,4 @@
-"""Acceleration (``ediff_core.accel``) and the ``bench`` figures.
+"""Acceleration (``ediff_core.tools.accel``) and the ``bench`` figures.
 
 torch.compile is checked against eager on the tiny U-Net; TensorRT, which needs CUDA and
 torch_tensorrt (requirements-cuda.txt), is checked behind the ``gpu`` marker and, everywhere
@@ -15,11 +15,11 @@ import sys
 import pytest
 import torch
 
-from ediff_core import accel
-from ediff_core.conditioning import Cond
-from ediff_core.networks import build_unet, denoiser
-from ediff_core.request import GenerationRequest
-from ediff_core.samplers import nfe
+from ediff_core.tools import accel
+from ediff_core.core.conditioning import Cond
+from ediff_core.core.networks import build_unet, denoiser
+from ediff_core.core.request import GenerationRequest
+from ediff_core.core.samplers import nfe
 
 DIMS = {"clip_dim": 8, "clip_pooled_dim": 8, "t5_dim": 8, "image_dim": 8}
 T5_LEN = 6
@@ -66,7 +66,7 @@ def test_feature_calls_run_eager():
     """Paint-with-words maps and attention-recording hooks bypass the compiled core."""
     from dataclasses import replace
 
-    from ediff_core.attention import attention_hook
+    from ediff_core.core.attention import attention_hook
 
     net = _tiny_net()
     ff = accel.FastForward(net.unet, lambda *inputs: torch.zeros_like(inputs[0]), "torch.compile")
@@ -89,7 +89,7 @@ def test_feature_calls_run_eager():
 def test_tensorrt_falls_back_here_and_still_generates(tiny_pipe, caplog):
     if accel.tensorrt_unavailable(tiny_pipe.device) is None:
         pytest.skip("TensorRT is available here; see test_tensorrt_engine_matches_eager")
-    with caplog.at_level(logging.WARNING, logger="ediff_core.accel"):
+    with caplog.at_level(logging.WARNING, logger="ediff_core.tools.accel"):
         report = accel.compile_pipeline(tiny_pipe, "tensorrt")
     assert report.backend == str(report) == "eager"
     assert "tensorrt" in report.unavailable and report.unavailable["tensorrt"] in report.reason
@@ -192,7 +192,7 @@ def test_tensorrt_engine_matches_eager(tiny_model, tmp_path):
 
 def test_bench_quick_json(tiny_model, tiny_pipe, capsys):
     """Every INTERFACES field, with types and the ranges that are not timings."""
-    from ediff_core.cli import main
+    from ediff_core.tools.cli import main
 
     assert main(["bench", "--quick", "--json", "--compile", "tensorrt", "--model", str(tiny_model), "--device", "cpu"]) == 0
     r = json.loads(capsys.readouterr().out)
@@ -215,7 +215,7 @@ def test_bench_quick_json(tiny_model, tiny_pipe, capsys):
 
 _MMAPPED_BYTES = r"""
 import ctypes, json, sys, torch
-from ediff_core import accel
+from ediff_core.tools import accel
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]

@@ -8,7 +8,7 @@ import torch
 
 from ediff_core.data import HELD_OUT, captions, make_scene, render, sample_scene
 from ediff_core.data.captions import RELATION_MARGIN, relation
-from ediff_core.eval.alignment import (
+from ediff_core.tools.eval.alignment import (
     EVAL_KINDS, check_alignment, check_detections, detect_objects, eval_prompts, parse_prompt, scene_spec,
 )
 

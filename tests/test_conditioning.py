@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ediff_core.conditioning import CLIP_IMAGE, CLIP_TEXT, T5, Cond, ConditionProjector, drop_embeddings, key_layout, select_encoders
+from ediff_core.core.conditioning import CLIP_IMAGE, CLIP_TEXT, T5, Cond, ConditionProjector, drop_embeddings, key_layout, select_encoders
 
 
 def _cond(B=6, L=12):

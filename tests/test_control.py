@@ -8,15 +8,16 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from ediff_core.ablation import ablation_grid, grid
-from ediff_core.attention_maps import attention_overlay, share_on_null, token_columns
-from ediff_core.conditioning import ENCODER_MODES
+from ediff_core.features.ablation import ablation_grid, grid
+from ediff_core.features.attention_maps import attention_overlay, share_on_null, token_columns
+from ediff_core.core.conditioning import ENCODER_MODES
 from ediff_core.data.shapes_world import STYLES, make_scene, render, sample_scene, split_seed
-from ediff_core.eval.control import ControlRate, classify_style, paint_placement_rate, placement_layout, style_rate
-from ediff_core.paint_with_words import PaintSpec
-from ediff_core.prompt_switch import prompt_switch_sweep
-from ediff_core.request import GenerationRequest, RequestError
-from ediff_core.style import reference_tensor, style_steps
+from ediff_core.tools.eval.suite import ControlRate
+from ediff_core.tools.eval.control import classify_style, paint_placement_rate, placement_layout, style_rate
+from ediff_core.features.paint_with_words import PaintSpec
+from ediff_core.features.prompt_switch import prompt_switch_sweep
+from ediff_core.core.request import GenerationRequest, RequestError
+from ediff_core.features.style import reference_tensor, style_steps
 
 PROMPT = "a red circle and a blue star"
 

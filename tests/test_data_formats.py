@@ -10,7 +10,7 @@ import tarfile
 import pytest
 from PIL import Image
 
-from ediff_core.cli import main
+from ediff_core.tools.cli import main
 
 
 def _export(tmp_path, fmt, n=12, per_shard=4):
@@ -69,7 +69,7 @@ def test_bad_imagefolder_samples_are_skipped_counted_and_reported(tmp_path, enco
     lines = [json.dumps(it) for it in items] + ["{not json"]
     (data / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     logs = []
-    from ediff_core.training import run
+    from ediff_core.tools.training import run
 
     run("tiny", "base", encoders_run, data=str(data), overrides={"base_steps": 6, "threads": 1}, log=logs.append)
     skipped = _record(encoders_run)["data"]["skipped"]
@@ -100,7 +100,7 @@ def test_bad_webdataset_samples_are_skipped_and_counted(tmp_path, encoders_run):
         add("empty.txt", b"  \n")
         add("broken.jpg", b"\xff\xd8\xff garbage")
         add("broken.txt", b"a broken picture")
-    from ediff_core.training import run
+    from ediff_core.tools.training import run
 
     run("tiny", "base", encoders_run, data=f"webdataset:{shard}", overrides={"base_steps": 4, "threads": 1}, log=lambda m: None)
     skipped = _record(encoders_run)["data"]["skipped"]

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ediff_core.cli import main
+from ediff_core.tools.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,7 +57,7 @@ def _assert_same_weights(a, b):
 
 def test_each_rank_reads_disjoint_rows_whose_union_is_the_global_batch(dataset):
     from ediff_core.data.spec import collate, open_data
-    from ediff_core.training import PRESETS
+    from ediff_core.tools.training import PRESETS
 
     cfg = PRESETS["tiny"]  # global batch 4
     source = open_data(str(dataset))
@@ -135,7 +135,7 @@ def test_a_dying_rank_ends_the_job_with_a_clear_error_and_a_resumable_checkpoint
     saved = int(log.split("the last checkpoint is step ")[1].split()[0])
     assert saved >= 3  # no periodic save (every 1000) came yet: rank 0 saved its last completed step on the failure
     logs = []
-    from ediff_core.training import run
+    from ediff_core.tools.training import run
 
     run("tiny", "base", run_dir, resume=True, data=str(dataset), overrides={"base_steps": saved + 1, "threads": 1}, log=logs.append)
     assert any(f"resumed at step {saved}" in m for m in logs)

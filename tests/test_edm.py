@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from ediff_core.loss import EDMLoss, loss_weight
-from ediff_core.precond import EDMPrecond, c_in, c_noise, c_out, c_skip
-from ediff_core.samplers import SAMPLERS, initial_noise, karras_sigmas, nfe, sample
+from ediff_core.core.loss import EDMLoss, loss_weight
+from ediff_core.core.precond import EDMPrecond, c_in, c_noise, c_out, c_skip
+from ediff_core.core.samplers import SAMPLERS, initial_noise, karras_sigmas, nfe, sample
 
 
 def test_preconditioning_matches_edm_table1():

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ediff_core.cli import main
+from ediff_core.tools.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +30,12 @@ def _embed(dataset, run_dir, out, *extra):
 
 
 def test_the_cache_gives_the_on_the_fly_loss_for_the_same_batch(dataset, run_dir, tmp_path, tiny_pipe):
-    from ediff_core.conditioning import drop_embeddings
+    from ediff_core.core.conditioning import drop_embeddings
     from ediff_core.data.spec import collate, open_data
-    from ediff_core.embed_cache import EmbeddingCache
-    from ediff_core.loss import EDMLoss
-    from ediff_core.networks import build_unet, denoiser
-    from ediff_core.training import PRESETS
+    from ediff_core.tools.embed_cache import EmbeddingCache
+    from ediff_core.core.loss import EDMLoss
+    from ediff_core.core.networks import build_unet, denoiser
+    from ediff_core.tools.training import PRESETS
 
     cache_dir = _embed(dataset, run_dir, tmp_path / "cache")
     index = json.loads((cache_dir / "index.json").read_text())
@@ -64,7 +64,7 @@ def test_the_cache_gives_the_on_the_fly_loss_for_the_same_batch(dataset, run_dir
 
 def test_training_from_the_cache_equals_training_on_the_fly(dataset, run_dir, tmp_path):
     """Same data, seed and steps: the weights trained from the cache are those trained with the encoders."""
-    from ediff_core.training import run
+    from ediff_core.tools.training import run
 
     cache_dir = _embed(dataset, run_dir, tmp_path / "cache")
     fly_dir = tmp_path / "fly"
@@ -82,7 +82,7 @@ def test_training_from_the_cache_equals_training_on_the_fly(dataset, run_dir, tm
 
 
 def test_a_cache_from_other_encoder_weights_is_refused(dataset, run_dir, tmp_path, capsys):
-    from ediff_core.tiny import tiny_clip, tiny_t5
+    from ediff_core.tools.tiny import tiny_clip, tiny_t5
 
     other = tmp_path / "other"
     tiny_t5(other / "t5", seed=1)

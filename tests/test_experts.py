@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.stats import lognorm
 
-from ediff_core.experts import ExpertEnsemble, ExpertSpec, Interval, check_tiling, node, three_expert_specs
+from ediff_core.core.experts import ExpertEnsemble, ExpertSpec, Interval, check_tiling, node, three_expert_specs
 
 P = lognorm(s=1.2, scale=math.exp(-1.2))
 

@@ -12,21 +12,21 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from ediff_core.conditioning import key_layout
+from ediff_core.core.conditioning import key_layout
 from ediff_core.data.captions import SIZE_WORDS, captions, grounded_captions
 from ediff_core.data.shapes_world import object_masks, sample_scene
-from ediff_core.grounding import GroundingTargets, batch_targets, grounding_fields, layer_grounding_loss
-from ediff_core.grounding_attention import GroundingAttnProcessor, install_grounding
-from ediff_core.loss import EDMLoss
-from ediff_core.model_folder import default_model_path
-from ediff_core.networks import build_unet, denoiser
-from ediff_core.feed import Feed
-from ediff_core.training import PRESETS, ShapesStream, _lr, batches, load_training_encoders, run
+from ediff_core.tools.grounding import GroundingTargets, batch_targets, grounding_fields, layer_grounding_loss
+from ediff_core.tools.grounding_attention import GroundingAttnProcessor, install_grounding
+from ediff_core.core.loss import EDMLoss
+from ediff_core.core.model_folder import default_model_path
+from ediff_core.core.networks import build_unet, denoiser
+from ediff_core.tools.feed import Feed
+from ediff_core.tools.training import PRESETS, ShapesStream, _lr, batches, load_training_encoders, run
 
 
 @pytest.fixture(scope="module")
 def mini_encoders():
-    from ediff_core.embed import load_encoder_set
+    from ediff_core.core.embed import load_encoder_set
 
     folder = default_model_path()
     return load_encoder_set(str(folder / "t5"), str(folder / "clip"))
@@ -248,7 +248,7 @@ def test_w0_is_todays_training_step_bit_for_bit_and_w_changes_it(tiny_model, tmp
 def test_train_cli_grounding_is_recorded_logged_and_checked(tiny_model, tmp_path, capsys):
     import shutil
 
-    from ediff_core.cli import main
+    from ediff_core.tools.cli import main
 
     out = tmp_path / "run"
     shutil.copytree(tiny_model / "t5", out / "t5")

@@ -17,11 +17,11 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from ediff_core.pipeline import GenerationResult
-from ediff_core.request import GenerationRequest, RequestError
+from ediff_core.core.request import GenerationRequest, RequestError
 from server.model import Model
-from ediff_core.paint_with_words import MAX_PHRASES
+from ediff_core.features.paint_with_words import MAX_PHRASES
 from live_server import shared_app
-from ediff_core.images import decode_image
+from ediff_core.core.images import decode_image
 
 from test_server import PROMPT, b64, decode_result_png, png_bytes, sketch
 
@@ -229,7 +229,7 @@ def test_image_formats_and_colours_are_refused_as_documented():
     Image.new("RGB", (8, 8)).save(buf, "PNG", pnginfo=info)
     with pytest.raises(RequestError, match="metadata .* too large"):
         decode_image(buf.getvalue(), "sketch")
-    from ediff_core.paint_with_words import parse_colour
+    from ediff_core.features.paint_with_words import parse_colour
 
     with pytest.raises(RequestError, match="from 0 to 255"):
         parse_colour("rgb(999,0,0)")

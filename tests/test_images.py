@@ -1,11 +1,11 @@
-"""``ediff_core.images``: generated PNGs are a function of (model, settings, seed) only."""
+"""``ediff_core.core.images``: generated PNGs are a function of (model, settings, seed) only."""
 
 import json
 
 from PIL import Image
 
-from ediff_core.images import save_png
-from ediff_core.request import GenerationRequest
+from ediff_core.core.images import save_png
+from ediff_core.core.request import GenerationRequest
 
 
 def test_same_seed_gives_byte_identical_png_files(tiny_pipe, tmp_path):

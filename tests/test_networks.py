@@ -2,7 +2,7 @@
 
 import pytest
 
-from ediff_core.networks import PRESETS, build_unet
+from ediff_core.core.networks import PRESETS, build_unet
 
 DIMS = dict(clip_dim=64, clip_pooled_dim=128, t5_dim=128, image_dim=128)
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from ediff_core.attention_maps import token_map
-from ediff_core.conditioning import Cond, key_layout
-from ediff_core.networks import EDiffUNet
-from ediff_core.attention import EDiffAttnProcessor, install, layer_hw
-from ediff_core.paint_with_words import PaintBias, PaintSpec, phrase_positions, token_maps
-from ediff_core.request import GenerationRequest, RequestError
+from ediff_core.features.attention_maps import token_map
+from ediff_core.core.conditioning import Cond, key_layout
+from ediff_core.core.networks import EDiffUNet
+from ediff_core.core.attention import EDiffAttnProcessor, install, layer_hw
+from ediff_core.features.paint_with_words import PaintBias, PaintSpec, phrase_positions, token_maps
+from ediff_core.core.request import GenerationRequest, RequestError
 
 PROMPT = "a red circle and a blue star"
 
@@ -179,7 +179,7 @@ def test_unused_colour_is_a_warning_in_the_result(tiny_pipe):
 
 
 def test_cli_prompts_file_with_paint_phrase_style_and_attention_maps(tiny_model, tmp_path, capsys):
-    from ediff_core.cli import main
+    from ediff_core.tools.cli import main
 
     _half_sketch().save(tmp_path / "sketch.png")
     _half_sketch(colour="#2040c0", background="#f0e4c8").save(tmp_path / "style.png")

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from ediff_core.data.shapes_world import render
-from ediff_core.eval import metrics as M
-from ediff_core.eval.paper import FINDINGS, TRAIN_BASELINE, baseline_folder, load_variant
-from ediff_core.eval.paper_suite import run_paper_suite
+from ediff_core.tools.eval import metrics as M
+from ediff_core.tools.eval.paper import FINDINGS, TRAIN_BASELINE, baseline_folder, load_variant
+from ediff_core.tools.eval.paper_suite import run_paper_suite
 
 VERDICTS = {"yes", "partly", "no", "inconclusive"}
 

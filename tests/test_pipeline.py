@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from ediff_core.pipeline import EDiffPipeline, GenerationResult, Progress
-from ediff_core.request import GenerationRequest, RequestError
+from ediff_core.core.request import GenerationRequest, RequestError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,7 +159,7 @@ def test_cli_prompts_file_and_info(tiny_model, tmp_path):
 
 def test_eval_cli_sampling_flags_reach_every_generation(tiny_model, tmp_path, capsys):
     """``eval --guidance/--steps/--style-strength/--pww-weight/--encoders``: the images change with each, the reports record it."""
-    from ediff_core.cli import main
+    from ediff_core.tools.cli import main
 
     common = ["eval", "--model", str(tiny_model), "--device", "cpu", "--n", "1", "--steps", "2"]
     for g in ("1", "6"):

@@ -19,13 +19,13 @@ import pytest
 from PIL import Image, ImageDraw
 
 from ediff_core.data.shapes_world import make_scene, render
-from ediff_core.paint_with_words import PaintSpec
-from ediff_core.request import GenerationRequest, RequestError
-from ediff_core.samplers import nfe
+from ediff_core.features.paint_with_words import PaintSpec
+from ediff_core.core.request import GenerationRequest, RequestError
+from ediff_core.core.samplers import nfe
 from server.model import Model
 from server.scheduler import Busy, Cancelled
 from live_server import shared_app
-from ediff_core.images import decode_image
+from ediff_core.core.images import decode_image
 
 PROMPT = "a red circle and two blue stars on old paper"
 FAST = {"steps": 3, "sr_steps": 1}

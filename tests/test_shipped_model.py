@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ediff_core.model_folder import default_model_path
+from ediff_core.core.model_folder import default_model_path
 from ediff_core.pipeline import EDiffPipeline
-from ediff_core.request import GenerationRequest
+from ediff_core.core.request import GenerationRequest
 
 FOLDER = default_model_path()
 

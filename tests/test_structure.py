@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-from import_graph import cycles, graph  # noqa: E402
+from import_graph import LIBRARY_LAYERS, cycles, graph, library_layer  # noqa: E402
 
 LAYERS = {"ediff_core": set(), "server": {"ediff_core"}, "demo": {"ediff_core", "server"}, "app": {"ediff_core", "server", "demo"}}
 
@@ -19,16 +19,24 @@ def test_each_layer_imports_only_the_layers_below_it():
     assert climbs == []
 
 
+def test_the_library_folders_import_only_their_own_and_those_below():
+    """data < encoders < core < features < pipeline < tools: core never imports a feature or a tool."""
+    lib = {s: ts for s, ts in graph().items() if s.startswith("ediff_core.")}
+    assert {s.split(".")[1] for s in lib} == set(LIBRARY_LAYERS)
+    climbs = [(s, t) for s, ts in lib.items() for t in ts if t.startswith("ediff_core.") and library_layer(t) > library_layer(s)]
+    assert climbs == []
+
+
 def test_the_checker_sees_a_cycle_and_a_climb():
     assert cycles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]
     edges = graph()
-    assert "ediff_core.request" in edges["server.schemas"]  # runtime imports are read, so a climb would show
+    assert "ediff_core.core.request" in edges["server.schemas"]  # runtime imports are read, so a climb would show
 
 
 def test_every_front_end_is_derived_from_the_one_request_schema():
-    from ediff_core.cli import build_parser
-    from ediff_core.request import API_FIELDS, REQUEST_FIELDS
-    from ediff_core.samplers import SAMPLERS
+    from ediff_core.tools.cli import build_parser
+    from ediff_core.core.request import API_FIELDS, REQUEST_FIELDS
+    from ediff_core.core.samplers import SAMPLERS
     from server.schemas import GenerateBody, PaintBody, StyleBody
 
     generate = next(a for a in build_parser()._subparsers._group_actions[0].choices.items() if a[0] == "generate")[1]

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from ediff_core.conditioning import drop_embeddings
-from ediff_core.experts import Interval, node
-from ediff_core.loss import EDMLoss
-from ediff_core.networks import build_unet, denoiser
-from ediff_core.training import PRESETS, ShapesStream, _sr_inputs, baseline_job, expert_jobs, precision_context, run, write_model_index
+from ediff_core.core.conditioning import drop_embeddings
+from ediff_core.core.experts import Interval, node
+from ediff_core.core.loss import EDMLoss
+from ediff_core.core.networks import build_unet, denoiser
+from ediff_core.tools.training import PRESETS, ShapesStream, _sr_inputs, baseline_job, expert_jobs, precision_context, run, write_model_index
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_bf16_training_steps_lower_the_loss_with_fp32_master_weights(tiny_pipe, 
 
 
 def test_train_cli_precision_is_recorded(out, capsys):
-    from ediff_core.cli import main
+    from ediff_core.tools.cli import main
 
     assert main(["train", "--preset", "tiny", "--stage", "base", "--out", str(out), "--precision", "bf16"]) == 0
     assert json.loads((out / "base" / "shared" / "training.json").read_text())["config"]["precision"] == "bf16"
@@ -101,7 +101,7 @@ def test_train_cli_precision_is_recorded(out, capsys):
 
 def test_run_all_stages_exports_a_loadable_model_and_resumes(out):
     from ediff_core.pipeline import EDiffPipeline
-    from ediff_core.request import GenerationRequest
+    from ediff_core.core.request import GenerationRequest
 
     logs = []
     run("tiny", "base", out, log=logs.append)
@@ -127,7 +127,7 @@ def test_run_all_stages_exports_a_loadable_model_and_resumes(out):
 
 
 def test_train_cli_dropout_override_reaches_the_job_record(out, capsys):
-    from ediff_core.cli import main
+    from ediff_core.tools.cli import main
 
     assert main(["train", "--preset", "tiny", "--stage", "base", "--out", str(out), "--dropout", "clip_text=0.5"]) == 0
     rates = json.loads((out / "base" / "shared" / "training.json").read_text())["config"]["dropout"]
@@ -138,7 +138,7 @@ def test_train_cli_dropout_override_reaches_the_job_record(out, capsys):
 
 
 def test_train_device_flag_is_recorded_and_a_missing_cuda_is_refused_by_name(out, capsys):
-    from ediff_core.cli import main
+    from ediff_core.tools.cli import main
 
     assert main(["train", "--preset", "tiny", "--stage", "base", "--out", str(out), "--device", "cpu", "--data-workers", "0"]) == 0
     record = json.loads((out / "base" / "shared" / "training.json").read_text())
@@ -150,7 +150,7 @@ def test_train_device_flag_is_recorded_and_a_missing_cuda_is_refused_by_name(out
 
 
 def test_a_time_budget_saves_the_step_it_stops_at_and_resume_continues(out, capsys):
-    from ediff_core.cli import main
+    from ediff_core.tools.cli import main
 
     def steps() -> list[int]:
         return [int(r[0]) for r in list(csv.reader(open(out / "_train" / "base" / "shared" / "loss.csv")))[1:]]
@@ -180,7 +180,7 @@ def test_training_runs_on_cuda_and_resumes_across_devices(out):
     from safetensors.torch import load_file
 
     from ediff_core.pipeline import EDiffPipeline
-    from ediff_core.request import GenerationRequest
+    from ediff_core.core.request import GenerationRequest
 
     logs = []
     run("tiny", "base", out, overrides={"base_steps": 2}, log=logs.append, device="cpu")
@@ -197,7 +197,7 @@ def test_training_runs_on_cuda_and_resumes_across_devices(out):
 
 def test_lr_override_and_a_warm_start_warms_the_learning_rate_up_again(out, capsys):
     """A warm start (exported weights, no optimizer state) gets a fresh AdamW, so its lr ramps again."""
-    from ediff_core.cli import main
+    from ediff_core.tools.cli import main
 
     def lrs() -> dict[int, float]:
         return {int(r[0]): float(r[2]) for r in list(csv.reader(open(out / "_train" / "base" / "shared" / "loss.csv")))[1:]}
@@ -222,8 +222,8 @@ def test_lr_override_and_a_warm_start_warms_the_learning_rate_up_again(out, caps
 
 def test_a_warm_start_grows_new_attention_blocks_without_changing_the_function(tiny_pipe, batch, out):
     """`mini_attn32` warm-starts from a `mini` run: new attention blocks start as exact no-ops, then train."""
-    from ediff_core.networks import EDiffUNet
-    from ediff_core.training import grow_into
+    from ediff_core.core.networks import EDiffUNet
+    from ediff_core.tools.training import grow_into
 
     run("tiny", "base", out, overrides={"base_steps": 2})
     src = EDiffUNet.from_pretrained(out / "base" / "shared", low_cpu_mem_usage=False).float().eval()
@@ -251,9 +251,9 @@ def test_a_two_expert_layout_from_a_config_file_sets_the_jobs_the_baseline_and_t
     """The expert tree (§3.2, Fig. 2) is data: a config file's `layout` trains two experts; no training steps."""
     from dataclasses import replace
 
-    from ediff_core.cli import apply_config_file, build_parser
-    from ediff_core.experts import ExpertSpec, check_tiling
-    from ediff_core.model_folder import ModelIndex
+    from ediff_core.tools.cli import apply_config_file, build_parser
+    from ediff_core.core.experts import ExpertSpec, check_tiling
+    from ediff_core.core.model_folder import ModelIndex
 
     split, out = node(1, 1).lo, tmp_path / "run"  # the median of p(σ)
     (tmp_path / "run.yaml").write_text(f"preset: tiny\nout: {out}\nlayout:\n  - {{name: high, sigma_min: {split}, sigma_max: null, steps: 5}}\n"

@@ -11,8 +11,8 @@ from PIL import Image
 
 from demo.examples import SHIPPED, all_examples, fingerprint
 from demo.words import Words
-from ediff_core.eval.alignment import check_alignment
-from ediff_core.vocabulary import WORD_GROUPS, prompt_words
+from ediff_core.tools.eval.alignment import check_alignment
+from ediff_core.tools.vocabulary import WORD_GROUPS, prompt_words
 from server.model import Model
 
 

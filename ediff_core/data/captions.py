@@ -1,5 +1,5 @@
 """Captions of three lengths generated from a Shapes World scene graph, plus the grid and relation
-vocabulary they use (shared with ediff_core.eval.alignment, which parses them back).
+vocabulary they use (shared with ediff_core.tools.eval.alignment, which parses them back).
 
 short  (≤ 12 words): counts, colours, shapes            "a red circle and two blue stars"
 medium            : + the 3×3 cell of each object      "a red circle at the top left and ..."
@@ -8,7 +8,7 @@ The style is named in about a third of short and medium captions and in every lo
 
 ``grounded_captions`` gives the same captions with, per object group, the character spans of the
 words that name it (colour, shape and size words; "two blue stars" names both stars), for the
-token-grounding loss (ediff_core.grounding).
+token-grounding loss (ediff_core.tools.grounding).
 """
 
 from __future__ import annotations

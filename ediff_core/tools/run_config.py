@@ -49,7 +49,7 @@ def load_config_file(path: str | Path) -> dict:
 
 def git_commit() -> str | None:
     """The checkout's commit (with ``-dirty`` when it has changes), or None outside git."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         if head.returncode:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 if TYPE_CHECKING:
-    from .pipeline import GenerationResult
+    from ..pipeline import GenerationResult
 
 MODE_LABELS = {"both": "T5 + CLIP", "t5": "T5 only", "clip": "CLIP only"}
 

@@ -14,8 +14,8 @@ from typing import Callable, Iterator
 
 from torch.utils.data import DataLoader
 
-from .conditioning import Cond, drop_embeddings
-from .data.spec import Skips, Source, collate
+from ..core.conditioning import Cond, drop_embeddings
+from ..data.spec import Skips, Source, collate
 from .distributed import Ranks
 from .embed_cache import EmbeddingCache
 

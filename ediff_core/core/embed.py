@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .conditioning import Cond
-from .encoders.base import ImageEncoder, TextEncoder
+from ..encoders.base import ImageEncoder, TextEncoder
 
 
 @dataclass
@@ -72,7 +72,7 @@ class EncoderSet:
 
 def load_encoder_set(t5_path: str, clip_path: str, device: torch.device | str = "cpu") -> EncoderSet:
     """Loads T5 and CLIP (text + image towers) from folders or Hub ids."""
-    from .encoders.loading import load_clip, load_text_encoder
+    from ..encoders.loading import load_clip, load_text_encoder
 
     folders = encoder_folders(t5_path, clip_path)
     t5 = load_text_encoder("t5", folders["t5"], device)
@@ -82,7 +82,7 @@ def load_encoder_set(t5_path: str, clip_path: str, device: torch.device | str = 
 
 def encoder_folders(t5_path: str, clip_path: str) -> dict[str, Path]:
     """The local folders of a T5 and a CLIP named by folder or Hub id; a failure names ``t5`` or ``clip``."""
-    from .encoders.loading import CLIP_HUB_FILES, T5_HUB_FILES, resolve_folder
+    from ..encoders.loading import CLIP_HUB_FILES, T5_HUB_FILES, resolve_folder
 
     folders = {}
     for name, value, patterns in (("t5", t5_path, T5_HUB_FILES), ("clip", clip_path, CLIP_HUB_FILES)):

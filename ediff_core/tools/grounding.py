@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .conditioning import CLIP_TEXT, T5, key_layout
+from ..core.conditioning import CLIP_TEXT, T5, key_layout
 
 MAX_GROUPS = 4  # Shapes World scenes hold at most four objects
 MAX_SPANS = 12  # words per group: size, colour, shape, and up to three relation sentences' references
@@ -45,7 +45,7 @@ class GroundingTargets:
 def grounding_fields(scene, caption, resolution: int) -> dict[str, Tensor]:
     """A training sample's fixed-size grounding fields: ``ground_spans`` (G, K, 2) character spans
     (−1 = none) and ``ground_masks`` (G, R, R), group g's objects' union at ``resolution``."""
-    from .data.shapes_world import object_masks
+    from ..data.shapes_world import object_masks
 
     masks = object_masks(scene, resolution)
     spans = torch.full((MAX_GROUPS, MAX_SPANS, 2), -1, dtype=torch.long)

@@ -1,48 +1,40 @@
-"""The paper's findings measured on our model: ``python -m ediff_core eval --suite paper``.
+"""What the evaluation suites share: their result types, the paper suite's sizes, and the ``Suite``.
 
-``paper_suite.run_paper_suite`` runs six findings (``paper_findings``), each comparing the paper's
-claim with our numbers, and writes ``results.json``, plots and ``results.md`` (``paper_report``):
-
-1. ``ensemble_vs_baseline`` (Fig. 7): FID / KID vs CLIP score and alignment over a guidance sweep,
-   the three-expert ensemble against the single model trained on as many samples, same NFE.
-2. ``encoder_ablation`` (§5.2, Figs. 8, 18): CLIP only, T5 only, both; short and long captions.
-3. ``prompt_switch`` (Fig. 4): how much the image changes when the prompt switches mid-sampling.
-4. ``attention_dynamics`` (Fig. 3): cross-attention share on text tokens vs the null token over σ.
-5. ``heldout_compositions``: zero-shot colour–shape pairs never seen in training (Shapes World).
-6. ``sr_ablation``: super-resolution with and without noise-conditioning augmentation.
-
-This module, the lowest of the four, holds what they share: the sizes (``PaperConfig``), loading the baseline
-(``load_variant``), and the ``Suite`` that generates with memoised settings and measures images.
-Settings compared with each other use the same prompts and seeds, so differences are paired; a
-difference counts when it exceeds twice its paired bootstrap spread (``metrics.compare``).
+Every suite (``eval --suite alignment | paint | style | paper``) reports success rates as
+``ControlRate`` records or with ``pm`` / ``verdict_of``; the paper's findings (``paper_findings``)
+run on one ``Suite`` that generates with memoised settings and measures images. Settings compared
+with each other use the same prompts and seeds, so differences are paired; a difference counts
+when it exceeds twice its paired bootstrap spread (``metrics.compare``).
 """
 
 from __future__ import annotations
 
-import json
-import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 from PIL import Image
 
-from ediff_core.data.captions import captions
-from ediff_core.data.shapes_world import Scene, render
-from ediff_core.eval import metrics as M
-from ediff_core.eval.alignment import check_detections, detect_objects, parse_prompt
-from ediff_core.experts import ExpertEnsemble, ExpertSpec, Interval
-from ediff_core.request import GenerationRequest
+from ediff_core.core.request import GenerationRequest
+from ediff_core.data.shapes_world import render
+from ediff_core.tools.eval import metrics as M
+from ediff_core.tools.eval.alignment import check_detections, detect_objects, parse_prompt
+from ediff_core.tools.eval.paper import pool, using
 
 if TYPE_CHECKING:
     from ediff_core.pipeline import EDiffPipeline, Stage
 
-TRAIN_BASELINE = "python -m ediff_core train --preset mini --stage experts --out checkpoints/ediff-mini --resume"
-POOL_START = 950_000  # test-split index of the first prompt scene (the FID reference starts at 900,000)
-FINDINGS = ("ensemble_vs_baseline", "encoder_ablation", "prompt_switch", "attention_dynamics", "heldout_compositions", "sr_ablation")
+
+@dataclass
+class ControlRate:
+    """A success rate with one record per trial (prompt, seed, what was found)."""
+
+    rate: float
+    hits: int
+    n: int
+    details: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -77,75 +69,6 @@ PRESETS = {
     "quick": PaperConfig(n_sweep=3, guidances=(1.0,), n_ablation=2, n_switch_pairs=1, switch_fractions=(0.25, 0.5, 0.75),
                          n_attention=1, n_heldout=2, n_sr=2, n_reference=200, bootstrap=20, threads=1),
 }
-
-
-# ---- models -----------------------------------------------------------------------------------
-def load_variant(pipe: "EDiffPipeline", folder: str | Path, name: str) -> "Stage":
-    """A base ``Stage`` whose ensemble is the single network ``<folder>/<base>/<name>`` on [0, ∞)."""
-    from ediff_core.networks import EDiffUNet, denoiser
-    from ediff_core.pipeline import Stage
-
-    path = Path(folder) / pipe.base.name / name
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(f"{path} has no config.json: '{name}' is not trained (for the baseline: {TRAIN_BASELINE})")
-    net = EDiffUNet.from_pretrained(path, low_cpu_mem_usage=False).float().eval().requires_grad_(False).to(pipe.device)
-    return Stage(pipe.base.name, pipe.base.resolution, ExpertEnsemble([denoiser(net)], [ExpertSpec(name, Interval(0.0, math.inf))]).eval())
-
-
-def locate_model_folder(pipe: "EDiffPipeline", folder: str | Path | None) -> Path | None:
-    """``folder`` if given; else ``pipe.folder`` or the default model when its index matches ``pipe``."""
-    if folder is not None:
-        return Path(folder)
-    from ediff_core.model_folder import INDEX, default_model_path
-
-    for cand in (getattr(pipe, "folder", None), default_model_path()):
-        if cand is None or not (Path(cand) / INDEX).exists():
-            continue
-        index = json.loads((Path(cand) / INDEX).read_text())
-        names = [e["name"] for e in index.get("base", {}).get("experts", [])]
-        if index.get("name") == pipe.name and names == [s.name for s in pipe.base.ensemble.specs]:
-            return Path(cand)
-    return None
-
-
-def _display_path(path: Path) -> str:
-    """``path`` relative to the working directory when it lies below it (reports carry no home paths)."""
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
-
-
-def baseline_folder(pipe: "EDiffPipeline", folder: Path | None) -> Path | None:
-    """Where ``base/baseline`` lives: the model folder itself, or its sibling ``<folder>-train``.
-
-    The shipped ediff-mini keeps the Fig. 7 baseline (and the shared model the experts branched from) in
-    ``checkpoints/ediff-mini-train`` so that
-    the default model folder stays within its 40 MB budget.
-    """
-    if folder is None:
-        return None
-    for cand in (folder, folder.parent / f"{folder.name}-train"):
-        if (cand / pipe.base.name / "baseline" / "config.json").exists():
-            return cand
-    return None
-
-
-@contextmanager
-def using(pipe: "EDiffPipeline", base: "Stage | None" = None, aug_sigma: float | None = None) -> Iterator[None]:
-    """Temporarily swaps the base stage and/or sets every SR stage's augmentation σ."""
-    old_base, old_aug = pipe.base, [s.aug_sigma for s in pipe.sr]
-    if base is not None:
-        pipe.base = base
-    if aug_sigma is not None:
-        for s in pipe.sr:
-            s.aug_sigma = aug_sigma
-    try:
-        yield
-    finally:
-        pipe.base = old_base
-        for s, a in zip(pipe.sr, old_aug):
-            s.aug_sigma = a
 
 
 # ---- the suite --------------------------------------------------------------------------------
@@ -264,12 +187,6 @@ class Suite:
         return M.mean_and_spread(v[~np.isnan(v)], self.cfg.bootstrap)
 
 
-def pool(n: int) -> list[tuple[Scene, dict[str, str]]]:
-    """``n`` test-split scenes (1–4 objects, no held-out pair) from POOL_START, with their captions."""
-    scenes, _ = M.reference_scenes(n, POOL_START)
-    return [(s, captions(s)) for s in scenes]
-
-
 def pm(mean: float, std: float, digits: int = 2) -> str:
     """'mean ± std' ('n/a' for a missing mean)."""
     if mean is None or not np.isfinite(mean):
@@ -281,9 +198,3 @@ def verdict_of(cmp: str, good: str = "better") -> str:
     """'yes' when a comparison went the claimed way beyond noise, 'no' when the opposite way."""
     bad = {"better": "worse", "worse": "better"}[good]
     return "yes" if cmp == good else "no" if cmp == bad else "inconclusive"
-
-
-def trained_steps(pipe: "EDiffPipeline") -> str:
-    """'base/shared 1000, base/E3_0 150, ...' from the model card ('' when it has none)."""
-    steps = {k: v.get("step") for k, v in (getattr(pipe, "card", {}) or {}).get("trained_steps", {}).items()}
-    return ", ".join(f"{k} {v}" for k, v in steps.items())

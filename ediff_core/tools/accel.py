@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from .attention import needs_python_attention
+from ..core.attention import needs_python_attention
 
 log = logging.getLogger(__name__)
 

@@ -29,19 +29,19 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .conditioning import DROPOUT_RATES, Cond
-from .data.transforms import degrade as _degrade
-from .data.transforms import to_tensor as _to_tensor
+from ..core.conditioning import DROPOUT_RATES, Cond
+from ..data.transforms import degrade as _degrade
+from ..data.transforms import to_tensor as _to_tensor
 from .distributed import Ranks
-from .embed import EncoderSet
-from .experts import ExpertSpec, Interval, check_tiling, three_expert_specs
+from ..core.embed import EncoderSet
+from ..core.experts import ExpertSpec, Interval, check_tiling, three_expert_specs
 from .feed import Feed
-from .loss import EDMLoss
-from .networks import EDiffUNet, build_unet, denoiser
-from .request import pick_device
+from ..core.loss import EDMLoss
+from ..core.networks import EDiffUNet, build_unet, denoiser
+from ..core.request import pick_device
 
 if TYPE_CHECKING:
-    from .data.spec import DataSpec
+    from ..data.spec import DataSpec
 
 CAPTION_MIX = {"short": 0.4, "medium": 0.3, "long": 0.3}
 PRECISIONS = ("fp32", "bf16")
@@ -76,7 +76,7 @@ class TrainConfig:
     data_workers: int = 1
     toy_encoders: bool = False  # tests: 2-step encoders on 64 scenes instead of the real mini-T5 and mini-CLIP
     precision: str = "fp32"  # "bf16": forward and backward under bf16 autocast; weights, AdamW and EMA stay fp32
-    grounding: float = 0.0  # W of the token-grounding loss on the base model's cross-attention (ediff_core.grounding); 0 = the paper's training
+    grounding: float = 0.0  # W of the token-grounding loss on the base model's cross-attention (ediff_core.tools.grounding); 0 = the paper's training
 
 
 PRESETS: dict[str, TrainConfig] = {
@@ -173,8 +173,8 @@ class ShapesStream(IterableDataset):
         self.cfg, self.seed, self.rank, self.world = cfg, seed, rank, world
 
     def __iter__(self) -> Iterator[dict]:
-        from .data.captions import grounded_captions
-        from .data.shapes_world import SPLITS, render, sample_scene
+        from ..data.captions import grounded_captions
+        from ..data.shapes_world import SPLITS, render, sample_scene
         from .grounding import grounding_fields
 
         info = get_worker_info()
@@ -485,7 +485,7 @@ STAGES = ("encoders", "base", "experts", "sr", "all")
 
 
 def load_training_encoders(out: Path, device: torch.device | str = "cpu") -> EncoderSet:
-    from .embed import load_encoder_set
+    from ..core.embed import load_encoder_set
 
     if not (out / "t5").exists() or not (out / "clip").exists():
         raise FileNotFoundError(f"{out} has no trained encoders (t5/, clip/); run the 'encoders' stage first, or give --t5 and --clip")
@@ -495,7 +495,7 @@ def load_training_encoders(out: Path, device: torch.device | str = "cpu") -> Enc
 def write_model_index(out: Path, cfg: TrainConfig, name: str = "ediff-mini", encoders: dict[str, str] | None = None) -> None:
     """Indexes whatever the run has exported: the layout's leaf experts when all exist, else the
     shared model. ``encoders``: paths or Hub ids of encoders outside the run folder (default: its t5/ and clip/)."""
-    from .model_folder import ExpertEntry, ModelIndex, StageEntry, write_index
+    from ..core.model_folder import ExpertEntry, ModelIndex, StageEntry, write_index
 
     specs, jobs = expert_jobs(cfg)
     if all((out / "base" / s.name / "config.json").exists() for s in specs):
@@ -530,7 +530,7 @@ def run(preset: str, stage: str, out: Path, resume: bool = False, overrides: dic
     resolved command line / config file, recorded in ``_train/run.json``.
     Every input is checked before anything is written to ``out``.
     """
-    from .data.spec import DataSpec, open_data
+    from ..data.spec import DataSpec, open_data
     from .embed_cache import CachedEncoders, EmbeddingCache
     from .run_config import run_record, write_run_record
 
@@ -566,7 +566,7 @@ def run(preset: str, stage: str, out: Path, resume: bool = False, overrides: dic
         if not have_encoders or stage in ("encoders", "all") and not resume:
             raise ValueError("embeddings: a cache fits the encoders it was made with; this run would train new ones. "
                              "Give --t5 and --clip, or train the 'encoders' stage first and embed with them")
-        from .embed import encoder_fingerprint
+        from ..core.embed import encoder_fingerprint
 
         cache.check(encoder_fingerprint(out / "t5", out / "clip"), {"t5": str(out / "t5"), "clip": str(out / "clip")}, cfg.base_resolution, cfg.sr_resolution)
     if not ranks.is_main:
@@ -580,7 +580,7 @@ def run(preset: str, stage: str, out: Path, resume: bool = False, overrides: dic
         (out / "_train" / "preset.json").write_text(json.dumps({"preset": preset, **asdict(cfg)}, indent=1))
     if enc is None and (stage == "encoders" or (stage == "all" and not (resume and have_encoders))):
         if ranks.is_main:
-            from .encoders import train_mini
+            from ..encoders import train_mini
 
             small = {"steps": 2, "batch_size": 8, "n_scenes": 64} if cfg.toy_encoders else {}
             train_mini.train_mini_t5(out / "t5", seed=cfg.seed, log=log, **small)
@@ -632,7 +632,7 @@ def _quiet(message: str) -> None:
 def _frozen_encoders(t5: str, clip: str, device: torch.device, cache, cfg: TrainConfig):
     """``--t5``/``--clip``: loaded now (before anything is written); errors name the flag.
     With a cache only their fingerprint is needed, so the weights are not loaded."""
-    from .embed import encoder_fingerprint, encoder_folders, load_encoder_set
+    from ..core.embed import encoder_fingerprint, encoder_folders, load_encoder_set
     from .embed_cache import CachedEncoders
 
     folders = encoder_folders(t5, clip)

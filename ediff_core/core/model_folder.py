@@ -115,7 +115,7 @@ class ModelIndex:
 def default_model_path() -> Path:
     """The embedded default, ``checkpoints/ediff-mini`` (overridable with $EDIFF_MODEL)."""
     env = os.environ.get("EDIFF_MODEL")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "checkpoints" / "ediff-mini"
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "checkpoints" / "ediff-mini"
 
 
 def resolve_folder(path_or_repo: str | Path) -> Path:

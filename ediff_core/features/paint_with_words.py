@@ -29,15 +29,15 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from .attention import layer_hw
-from .conditioning import Cond, key_layout
-from .data.shapes_world import COLORS
-from .images import checked_image
-from .request import RequestError
+from ..core.attention import layer_hw
+from ..core.conditioning import Cond, key_layout
+from ..data.shapes_world import COLORS
+from ..core.images import checked_image
+from ..core.request import RequestError
 
 if TYPE_CHECKING:
-    from .pipeline import EDiffPipeline
-    from .request import GenerationRequest
+    from ..pipeline import EDiffPipeline
+    from ..core.request import GenerationRequest
 
 WORK_SIDE = 1024  # sketches are labelled at most this large (nearest-neighbour: no colour blending)
 COLOR_TOLERANCE = 80.0  # RGB distance within which a brush pixel snaps to a mapped colour

@@ -1,4 +1,4 @@
-"""Plots and ``results.md`` for the paper suite (``ediff_core.eval.paper``).
+"""Plots and ``results.md`` for the paper suite (``ediff_core.tools.eval.paper``).
 
 One plot per finding in the style of the paper's figure (Fig. 7: FID against CLIP score over
 guidance; Fig. 4: change against the switch point; Fig. 3: attention shares against σ), plus
@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-from ediff_core.ablation import grid  # noqa: E402
+from ediff_core.features.ablation import grid  # noqa: E402
 
 COLOURS = {"ensemble": "tab:blue", "baseline": "tab:orange", "clip": "tab:green", "t5": "tab:purple", "both": "tab:blue"}
 MODE_LABELS = {"clip": "CLIP only", "t5": "T5 only", "both": "T5 + CLIP"}
@@ -68,7 +68,7 @@ def _encoders(rec: dict, out_dir: Path) -> list[str]:
 
 
 def _switch(rec: dict, out_dir: Path) -> list[str]:
-    from ediff_core.eval.paper_findings import EARLY_MIN, LATE_MAX
+    from ediff_core.tools.eval.paper_findings import EARLY_MIN, LATE_MAX
 
     n = rec["numbers"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))

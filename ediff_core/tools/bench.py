@@ -29,12 +29,12 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor
 
-from .experts import ExpertEnsemble, ExpertSpec, Interval
-from .images import png_info
-from .networks import denoiser
-from .pipeline import EDiffPipeline, GenerationResult, Stage
-from .request import GenerationRequest
-from .samplers import nfe
+from ..core.experts import ExpertEnsemble, ExpertSpec, Interval
+from ..core.images import png_info
+from ..core.networks import denoiser
+from ..pipeline import EDiffPipeline, GenerationResult, Stage
+from ..core.request import GenerationRequest
+from ..core.samplers import nfe
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,7 @@ def _print_table(r: dict) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """CLI entry: ``python -m ediff_core bench [--quick] [--json] [--compile MODE] [--model PATH]``."""
-    from .request import pick_device
+    from ..core.request import pick_device
 
     if not args.json:
         logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -13,7 +13,6 @@ CLIP-image style transfer (§5.3).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,12 +25,15 @@ from ediff_core.data.shapes_world import (
     BACKGROUNDS, COLORS, DOT_COLOR, HALFTONE_COLOR, HELD_OUT, SHADOW_COLOR, STAR_DOT_COLOR, STRIPE_COLOR, STYLES,
     ShapeObject, make_scene, render, sample_scene, split_seed,
 )
-from ediff_core.eval.alignment import COLOR_DISTANCE, detect_objects
-from ediff_core.request import GenerationRequest
+from ediff_core.tools.eval.alignment import COLOR_DISTANCE, detect_objects
+from ediff_core.core.request import GenerationRequest
+from ediff_core.tools.eval.suite import ControlRate
 
 if TYPE_CHECKING:
     from ediff_core.pipeline import EDiffPipeline
 
+PAINT_TARGET = 0.85  # #26: every object of the layout in its region, share of layouts
+STYLE_TARGETS = {"night": 0.8, "comic": 0.8}  # #26: style transfer at strength 1
 SKETCH_SIZE = 256
 REGION_SCALE = 1.5  # painted region: the object's box grown by this factor around its centre
 # Every colour a background of each style is drawn with (SHAPES_WORLD.md, "Styles").
@@ -45,16 +47,6 @@ STYLE_COLOURS: dict[str, tuple[tuple[int, int, int], ...]] = {
 }
 _BACKDROP = np.array([c for cs in STYLE_COLOURS.values() for c in cs], np.float64)  # (11, 3)
 _PALETTE = np.array(list(COLORS.values()), np.float64)
-
-
-@dataclass
-class ControlRate:
-    """A success rate with one record per trial (prompt, seed, what was found)."""
-
-    rate: float
-    hits: int
-    n: int
-    details: list[dict] = field(default_factory=list)
 
 
 def _article(word: str) -> str:
@@ -103,7 +95,7 @@ def paint_placement_rate(pipe: "EDiffPipeline", n: int, seed: int, with_pww: boo
     ``request`` holds further ``GenerationRequest`` fields (steps, guidance, ...). With ``out``, each
     image is saved as ``{pww|plain}_III_{ok|no}.png`` and, by the painted run, each layout's sketch as ``sketch_III.png``.
     """
-    from ediff_core.paint_with_words import PaintSpec
+    from ediff_core.features.paint_with_words import PaintSpec
 
     hits, details = 0, []
     for i in range(n):

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import itertools
 import re
+import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +31,10 @@ from ediff_core.data.shapes_world import (
     BACKGROUNDS, COLORS, DOT_COLOR, HALFTONE_COLOR, HELD_OUT, SHADOW_COLOR, SHAPES, SIZES, STAR_DOT_COLOR, STRIPE_COLOR,
     Scene, sample_scene, split_seed, unit_polygon,
 )
+from ediff_core.core.request import GenerationRequest
+
+if TYPE_CHECKING:
+    from ediff_core.pipeline import EDiffPipeline
 
 COLOR_DISTANCE = 70.0  # spec: nearest palette colour within 70
 MIN_AREA = 0.3 * 1.32 * SIZES["small"] ** 2  # blobs below 30% of a small star's area (fraction of W²) are noise
@@ -375,3 +381,26 @@ def eval_prompts(kind: str, n: int, seed: int = 0) -> list[EvalPrompt]:
         prompt = captions(scene)[level]
         items.append(EvalPrompt(prompt, scene, level, parse_prompt(prompt)))
     return items
+
+
+def alignment_suite(pipe: "EDiffPipeline", n: int = 16, seed: int = 0, base: GenerationRequest | None = None, kinds=EVAL_KINDS, out: Path | None = None) -> dict:
+    """Share of aligned images per prompt category; one image per prompt, seeds seed..seed+n-1."""
+    base = base or GenerationRequest("x")
+    report: dict = {"n_per_kind": n, "seed": seed, "settings": {k: v for k, v in base.settings().items() if k not in ("prompt", "seed")}, "kinds": {}}
+    t0 = time.perf_counter()
+    for kind in kinds:
+        items = eval_prompts(kind, n, seed)
+        ok = 0
+        failures = []
+        for i, item in enumerate(items):
+            img = pipe(replace(base, prompt=item.prompt, seed=seed + i)).images[0]
+            res = check_alignment(img, item.spec)
+            ok += res.aligned
+            if out is not None:
+                out.mkdir(parents=True, exist_ok=True)
+                img.save(out / f"{kind}_{i:03d}_{'ok' if res.aligned else 'no'}.png")
+            if not res.aligned and len(failures) < 3:
+                failures.append({"prompt": item.prompt, "why": res.details})
+        report["kinds"][kind] = {"aligned": ok / len(items), "n": len(items), "target": TARGETS.get(kind), "examples_of_failure": failures}
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    return report

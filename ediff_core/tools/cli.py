@@ -9,7 +9,7 @@ import sys
 from dataclasses import MISSING
 from pathlib import Path
 
-from .request import REQUEST_DEFAULTS, REQUEST_FIELDS, RequestError, pick_device
+from ..core.request import REQUEST_DEFAULTS, REQUEST_FIELDS, RequestError, pick_device
 
 
 def _add_generation_flags(p: argparse.ArgumentParser) -> None:
@@ -38,14 +38,14 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
 def _request_from(ns: dict):
     """A ``GenerationRequest`` from flag values (CLI namespace or a --prompts-file line)."""
 
-    from .request import GenerationRequest
+    from ..core.request import GenerationRequest
 
     style = None
     if ns.get("style_image"):
         style = _open_image(ns["style_image"], "style_image")
     paint = None
     if ns.get("paint"):
-        from .paint_with_words import PaintSpec
+        from ..features.paint_with_words import PaintSpec
 
         paint = PaintSpec.from_mapping(_open_image(ns["paint"], "paint"), ns.get("phrase") or [])
     elif ns.get("phrase"):
@@ -83,8 +83,8 @@ def _open_image(path: str, field: str):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .images import save_png
-    from .pipeline import EDiffPipeline
+    from ..core.images import save_png
+    from ..pipeline import EDiffPipeline
 
     lines = []
     if args.prompts_file:
@@ -139,7 +139,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def _write_attention_maps(result, index: int, image_path: Path) -> list[str]:
     """``<image>_attn_<word>.png`` for each word of the prompt and the null token (Fig. 3)."""
-    from .attention_maps import attention_overlay
+    from ..features.attention_maps import attention_overlay
 
     if result.attention["maps"].shape[0] == 0:
         return []
@@ -152,7 +152,7 @@ def _write_attention_maps(result, index: int, image_path: Path) -> list[str]:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .pipeline import EDiffPipeline
+    from ..pipeline import EDiffPipeline
 
     info = EDiffPipeline.from_pretrained(args.model, device=pick_device(args.device)).info()
     if args.json:
@@ -171,7 +171,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def parse_dropout(items: list[str]) -> dict[str, float]:
     """``--dropout`` values ``NAME=RATE`` over the paper's rates (the names not given keep theirs)."""
-    from .conditioning import DROPOUT_RATES
+    from ..core.conditioning import DROPOUT_RATES
 
     rates = dict(DROPOUT_RATES)
     for item in items:
@@ -192,7 +192,7 @@ TRAIN_OVERRIDES = ("base_steps", "expert_steps", "sr_steps", "threads", "batch_s
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .data.spec import DataSpec
+    from ..data.spec import DataSpec
     from .training import run
 
     if not args.out:
@@ -228,8 +228,8 @@ def apply_config_file(parser: argparse.ArgumentParser, train: argparse.ArgumentP
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from .data.spec import DataSpec, open_data
-    from .embed import load_encoder_set
+    from ..data.spec import DataSpec, open_data
+    from ..core.embed import load_encoder_set
     from .embed_cache import build_cache
     from .training import PRESETS
 
@@ -250,7 +250,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def _model_encoders(model: str | None) -> tuple[str, str]:
     """The T5 and CLIP a model (or run) folder names (default: the embedded ediff-mini)."""
-    from .model_folder import default_model_path, read_index
+    from ..core.model_folder import default_model_path, read_index
 
     folder = Path(model) if model else default_model_path()
     if (folder / "model_index.json").exists():
@@ -263,7 +263,7 @@ def _model_encoders(model: str | None) -> tuple[str, str]:
 
 
 def cmd_export_data(args: argparse.Namespace) -> int:
-    from .data.export import export_shapes
+    from ..data.export import export_shapes
 
     spec = export_shapes(Path(args.out), args.n, args.format, args.size, args.per_shard)
     print(f"wrote {args.n} Shapes World samples; train on them with: python -m ediff_core train --data '{spec}' ...")

@@ -14,8 +14,8 @@ from __future__ import annotations
 import re
 from typing import Callable, Iterable, Sequence
 
-from .data.captions import CELL_PHRASES, NUMBER_WORDS, RELATIONS, SIZE_WORDS, STYLE_PHRASES
-from .data.shapes_world import COLORS, SHAPES
+from ..data.captions import CELL_PHRASES, NUMBER_WORDS, RELATIONS, SIZE_WORDS, STYLE_PHRASES
+from ..data.shapes_world import COLORS, SHAPES
 
 # Kind -> the words or phrases a prompt may use, in the captions' own order.
 WORD_GROUPS: dict[str, tuple[str, ...]] = {

@@ -19,8 +19,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from .conditioning import Cond
-from .embed import EncoderSet
+from ..core.conditioning import Cond
+from ..core.embed import EncoderSet
 
 INDEX = "index.json"
 FORMAT = "ediff-embeddings"
@@ -63,7 +63,7 @@ def build_cache(source, enc: EncoderSet, out: Path, base: int, sr: int, shard_sa
         n_shards += 1
         shard, rows, images = [], [], []
 
-    from .data.transforms import BadSample
+    from ..data.transforms import BadSample
 
     for entry in source.in_order(SimpleNamespace(base_resolution=base, sr_resolution=sr)):
         if isinstance(entry, BadSample):

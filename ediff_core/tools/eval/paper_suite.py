@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from ediff_core.eval import metrics as M
-from ediff_core.eval import paper_report
-from ediff_core.eval.paper import FINDINGS, PRESETS, PaperConfig, Suite, _display_path, baseline_folder, load_variant, locate_model_folder
-from ediff_core.eval.paper_findings import CLAIMS, RUNNERS, TITLES
+from ediff_core.tools.eval import metrics as M
+from ediff_core.tools.eval import paper_report
+from ediff_core.tools.eval.paper import FINDINGS, _display_path, baseline_folder, load_variant, locate_model_folder
+from ediff_core.tools.eval.suite import PRESETS, PaperConfig, Suite
+from ediff_core.tools.eval.paper_findings import CLAIMS, RUNNERS, TITLES
 
 if TYPE_CHECKING:
     from ediff_core.pipeline import EDiffPipeline, Stage

@@ -16,9 +16,10 @@ import numpy as np
 from PIL import Image
 
 from ediff_core.data.shapes_world import HELD_OUT
-from ediff_core.eval import metrics as M
-from ediff_core.eval.alignment import check_detections, detect_objects, eval_prompts, parse_prompt
-from ediff_core.eval.paper import POOL_START, TRAIN_BASELINE, Measured, Suite, pm, pool, trained_steps, using, verdict_of
+from ediff_core.tools.eval import metrics as M
+from ediff_core.tools.eval.alignment import check_detections, detect_objects, eval_prompts, parse_prompt
+from ediff_core.tools.eval.paper import POOL_START, TRAIN_BASELINE, pool, trained_steps, using
+from ediff_core.tools.eval.suite import Measured, Suite, pm, verdict_of
 
 LATE_MAX, EARLY_MIN = 0.25, 0.75  # Fig. 4: "nearly unchanged" / "changes completely", share of the full A→B change
 ATTENTION_TOL = 0.02  # Fig. 3: a shift of attention share this small is no shift
@@ -210,8 +211,8 @@ def encoder_ablation(s: Suite) -> dict:
 # ---- 3. Fig. 4 --------------------------------------------------------------------------------
 def prompt_switch(s: Suite) -> dict:
     """Fig. 4: prompt A for the first k steps, B after; change of the base-stage image vs k / steps."""
-    from ediff_core.prompt_switch import prompt_switch_sweep
-    from ediff_core.samplers import karras_sigmas
+    from ediff_core.features.prompt_switch import prompt_switch_sweep
+    from ediff_core.core.samplers import karras_sigmas
 
     req = s.pipe.resolve(s.request("x", 0))
     sig = karras_sigmas(req.steps, req.sigma_min, req.sigma_max).tolist()
@@ -321,7 +322,7 @@ def attention_dynamics(s: Suite) -> dict:
 # ---- 5. held-out pairs ------------------------------------------------------------------------
 def heldout_compositions(s: Suite) -> dict:
     """Zero-shot composition: held-out colour–shape pairs against the seen objects of the same prompts."""
-    from ediff_core.eval.alignment import TARGETS
+    from ediff_core.tools.eval.alignment import TARGETS
 
     items = eval_prompts("heldout", s.cfg.n_heldout, s.cfg.seed)
     held, seen, aligned, per_pair, imgs = [], [], [], {}, []

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .images import checked_image
+from ..core.images import checked_image
 
 def reference_tensor(image: Image.Image, field: str = "style_image") -> Tensor:
     """A reference image as (1, 3, H, W) floats in [0, 1]; alpha is composited on white."""

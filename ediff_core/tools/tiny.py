@@ -1,6 +1,6 @@
 """A tiny random eDiff-I saved in the real formats: for tests and for trying the CLI in seconds.
 
-``python -m ediff_core.tiny OUT`` writes a full model folder (tiny T5 in Hugging Face layout,
+``python -m ediff_core.tools.tiny OUT`` writes a full model folder (tiny T5 in Hugging Face layout,
 tiny open_clip model, three base experts, one super-resolution stage) that loads through the
 same code as the real model.
 """
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .experts import ExpertEnsemble, ExpertSpec, Interval, three_expert_specs
-from .networks import build_unet, denoiser
+from ..core.experts import ExpertEnsemble, ExpertSpec, Interval, three_expert_specs
+from ..core.networks import build_unet, denoiser
 
 # A small corpus so the tiny tokenizer knows the words tests use.
 _WORDS = "a an the one two three four red orange yellow green cyan blue purple pink circle circles square squares triangle triangles star stars heart hearts diamond diamonds small large big tiny left right top bottom center above below of and in on at night paper comic style striped dotted plain background"
@@ -23,7 +23,7 @@ def tiny_t5(folder: Path, seed: int = 0) -> None:
     """A random 1-layer T5 encoder with a tokenizer trained on a few words, saved as safetensors."""
     from transformers import T5Config, T5EncoderModel
 
-    from .encoders.t5 import train_t5_tokenizer
+    from ..encoders.t5 import train_t5_tokenizer
 
     torch.manual_seed(seed)
     words = _WORDS.split()
@@ -38,7 +38,7 @@ def tiny_clip(folder: Path, seed: int = 0) -> None:
     """A random open_clip CLIP (ViT 32 px, 1-layer text tower, shipped BPE) in open_clip layout."""
     import open_clip
 
-    from .encoders.clip import save_open_clip_folder
+    from ..encoders.clip import save_open_clip_folder
 
     torch.manual_seed(seed)
     cfg = {
@@ -52,8 +52,8 @@ def tiny_clip(folder: Path, seed: int = 0) -> None:
 
 def make_tiny_model_folder(folder: str | Path, with_sr: bool = True, seed: int = 0) -> Path:
     """Writes a complete random model folder and returns its path."""
-    from .embed import load_encoder_set
-    from .pipeline import EDiffPipeline, Stage
+    from ..core.embed import load_encoder_set
+    from ..pipeline import EDiffPipeline, Stage
 
     folder = Path(folder)
     tiny_t5(folder / "t5", seed)

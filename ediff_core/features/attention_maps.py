@@ -18,14 +18,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from .attention import attention_hook, layer_hw
-from .conditioning import key_layout
+from ..core.attention import attention_hook, layer_hw
+from ..core.conditioning import key_layout
 from .paint_with_words import phrase_positions
-from .request import RequestError
+from ..core.request import RequestError
 
 if TYPE_CHECKING:
-    from .pipeline import EDiffPipeline, Evaluate, GenerationResult
-    from .request import GenerationRequest
+    from ..pipeline import EDiffPipeline, Evaluate, GenerationResult
+    from ..core.request import GenerationRequest
 
 
 @dataclass

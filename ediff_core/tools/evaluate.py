@@ -1,49 +1,24 @@
 """``python -m ediff_core eval``: alignment on held-out Shapes World prompts (and further suites).
 
 Alignment follows SHAPES_WORLD.md "What aligned means": objects found by palette colour, shape
-classified, counts, cells and relations checked (``ediff_core.eval.alignment``).
+classified, counts, cells and relations checked (``ediff_core.tools.eval.alignment``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
-from dataclasses import replace
 from pathlib import Path
 
-from .eval.alignment import EVAL_KINDS, TARGETS, check_alignment, eval_prompts
-from .pipeline import EDiffPipeline
-from .request import GenerationRequest
+from .eval.alignment import alignment_suite
+from ..pipeline import EDiffPipeline
+from ..core.request import GenerationRequest
 
 SUITES = ("alignment", "paint", "style", "paper")
 
 
-def alignment_suite(pipe: EDiffPipeline, n: int = 16, seed: int = 0, base: GenerationRequest | None = None, kinds=EVAL_KINDS, out: Path | None = None) -> dict:
-    """Share of aligned images per prompt category; one image per prompt, seeds seed..seed+n-1."""
-    base = base or GenerationRequest("x")
-    report: dict = {"n_per_kind": n, "seed": seed, "settings": {k: v for k, v in base.settings().items() if k not in ("prompt", "seed")}, "kinds": {}}
-    t0 = time.perf_counter()
-    for kind in kinds:
-        items = eval_prompts(kind, n, seed)
-        ok = 0
-        failures = []
-        for i, item in enumerate(items):
-            img = pipe(replace(base, prompt=item.prompt, seed=seed + i)).images[0]
-            res = check_alignment(img, item.spec)
-            ok += res.aligned
-            if out is not None:
-                out.mkdir(parents=True, exist_ok=True)
-                img.save(out / f"{kind}_{i:03d}_{'ok' if res.aligned else 'no'}.png")
-            if not res.aligned and len(failures) < 3:
-                failures.append({"prompt": item.prompt, "why": res.details})
-        report["kinds"][kind] = {"aligned": ok / len(items), "n": len(items), "target": TARGETS.get(kind), "examples_of_failure": failures}
-    report["seconds"] = round(time.perf_counter() - t0, 1)
-    return report
-
-
 def main(args: argparse.Namespace) -> int:
-    from .request import pick_device
+    from ..core.request import pick_device
 
     if args.suite not in SUITES:
         raise ValueError(f"suite must be one of {', '.join(SUITES)}; got {args.suite!r}")
@@ -57,20 +32,20 @@ def main(args: argparse.Namespace) -> int:
     if args.suite == "alignment":
         report = alignment_suite(pipe, n=n, base=base, out=Path(args.out) / "images" if args.out else None)
     elif args.suite == "paint":
-        from .eval.control import paint_placement_rate
+        from .eval.control import PAINT_TARGET, paint_placement_rate
 
         report = {w: vars(paint_placement_rate(pipe, n, seed=0, with_pww=w, pww_weight=pww_weight, out=Path(args.out) / "images" if args.out else None, **request)) for w in (False, True)}
-        report = {"with_pww": report[True], "without_pww": report[False], "target": 0.85, "settings": {**request, "pww_weight": pww_weight}}
+        report = {"with_pww": report[True], "without_pww": report[False], "target": PAINT_TARGET, "settings": {**request, "pww_weight": pww_weight}}
     elif args.suite == "style":
-        from .data.shapes_world import STYLES
-        from .eval.control import style_rate
+        from ..data.shapes_world import STYLES
+        from .eval.control import STYLE_TARGETS, style_rate
 
         report = {s: vars(style_rate(pipe, s, n, seed=0, strength=strength, **request)) for s in STYLES}
-        report["target"] = {"night": 0.8, "comic": 0.8}
+        report["target"] = STYLE_TARGETS
         report["settings"] = {**request, "style_strength": strength}
     elif args.suite == "paper":
         from .eval.paper_suite import run_paper_suite
-        from .model_folder import default_model_path
+        from ..core.model_folder import default_model_path
 
         out = Path(args.out or "docs/results")
         report = run_paper_suite(pipe, out, quick=args.quick, n=args.n, model_folder=args.model or default_model_path())

@@ -18,7 +18,7 @@ from .conditioning import ENCODER_MODES
 from .samplers import SAMPLERS
 
 if TYPE_CHECKING:
-    from .paint_with_words import PaintSpec
+    from ..features.paint_with_words import PaintSpec
 
 MAX_STEPS = 200
 MAX_IMAGES = 8

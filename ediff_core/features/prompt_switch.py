@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 from PIL import Image
 
-from .request import GenerationRequest
+from ..core.request import GenerationRequest
 
 if TYPE_CHECKING:
-    from .pipeline import EDiffPipeline
+    from ..pipeline import EDiffPipeline
 
 
 @dataclass

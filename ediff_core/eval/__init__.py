@@ -1,1 +1,0 @@
-"""Evaluation: Shapes World text-image alignment (alignment.py)."""
