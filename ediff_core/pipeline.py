@@ -17,18 +17,18 @@ from PIL.PngImagePlugin import PngInfo
 from torch import Tensor
 
 from .core.attention import install as install_attention
-from .features.attention_maps import AttentionRecorder
-from .core.conditioning import Denoiser, select_encoders
+from .core.conditioning import Cond, Denoiser, select_encoders
 from .core.embed import EncoderSet
 from .core.experts import ExpertEnsemble, ExpertSpec, Interval
+from .core.feature import Feature
 from .core.guidance import CFGDenoiser, GuidedCond, ThresholdedDenoiser
 from .core.images import png_info, to_pil
 from .core.model_folder import ExpertEntry, ModelIndex, StageEntry, default_model_path, read_index, resolve_folder, write_index
 from .core.networks import EDiffUNet, denoiser
-from .features.paint_with_words import PaintBias, token_maps
 from .core.request import GenerationRequest
 from .core.samplers import initial_noise, karras_sigmas, nfe, sample_steps
-from .features.style import reference_tensor, style_active
+from .features import FEATURES
+from .features.paint_with_words import PaintBias
 
 DEFAULTS = {"steps": 25, "sr_steps": 10, "guidance": 3.0, "sr_guidance": 1.0, "sampler": "dpmpp_2m"}
 
@@ -103,6 +103,8 @@ class EDiffPipeline:
         base: the base stage; ``sr``: super-resolution stages in order.
         name: shown in metadata. ``defaults``: sampler settings the model was tuned for.
     """
+
+    features: tuple[type[Feature], ...] = FEATURES  # §4's controls, consulted in this order (core.feature)
 
     def __init__(self, encoders: EncoderSet, base: Stage, sr: list[Stage], name: str = "ediff", defaults: dict | None = None, device: str | torch.device = "cpu"):
         self.encoders, self.base, self.sr, self.name = encoders, base, list(sr), name
@@ -206,49 +208,41 @@ class EDiffPipeline:
         req.validate()
         return replace(req, **{k: getattr(req, k) if getattr(req, k) is not None else self.defaults[k] for k in DEFAULTS})
 
-    def conditioning(self, req: GenerationRequest) -> tuple[GuidedCond, GuidedCond | None, dict]:
-        """The base stage's guided conditioning, the switched prompt's, and notes (e.g. truncation)."""
+    def conditioning(self, req: GenerationRequest, features: list[Feature]) -> tuple[dict[str, GuidedCond], dict]:
+        """Each prompt field's guided conditioning (``prompt``, and ``switch_prompt`` when set), every
+        feature's ``condition`` applied in order, and notes (e.g. truncation, paint warnings)."""
         n = req.num_images
         notes: dict = {}
         for enc in (self.encoders.t5, self.encoders.clip_text):
             if enc.truncated(req.prompt):
                 notes.setdefault("truncated", []).append(f"{enc.name}: prompt longer than {enc.max_length} tokens was truncated")
-        images = None
-        if req.style_image is not None and req.style_strength > 0:
-            images = reference_tensor(req.style_image).expand(n, -1, -1, -1)
-        cond = select_encoders(self.encoders.encode([req.prompt] * n, images, self.device), req.encoders)
-        if images is not None:
-            cond = replace(cond, image_embed=cond.image_embed * req.style_strength)
-        if req.paint is not None:
-            cond = token_maps(self, req, cond, notes)
+        conds: dict[str, Cond] = {}
+        for field in ("prompt", "switch_prompt"):
+            if getattr(req, field) is not None:
+                cond = select_encoders(self.encoders.encode([getattr(req, field)] * n, None, self.device), req.encoders)
+                for feature in features:
+                    cond = feature.condition(self, req, field, cond, notes)
+                conds[field] = cond
         if req.negative_prompt:
             uncond = select_encoders(self.encoders.encode([req.negative_prompt] * n, None, self.device), req.encoders)
         else:
-            uncond = cond.unconditional()
+            uncond = conds["prompt"].unconditional()
         scale = torch.full((n,), float(req.guidance))
-        gc = GuidedCond(cond, uncond, scale)
-        switched = None
-        if req.switch_prompt is not None:
-            c2 = select_encoders(self.encoders.encode([req.switch_prompt] * n, images, self.device), req.encoders)
-            if images is not None:
-                c2 = replace(c2, image_embed=c2.image_embed * req.style_strength)
-            switched = GuidedCond(c2, uncond, scale)
-        return gc, switched, notes
+        return {field: GuidedCond(cond, uncond, scale) for field, cond in conds.items()}, notes
 
     def generate(self, req: GenerationRequest, evaluate: Evaluate = _direct) -> Iterator[Progress | GenerationResult]:
         """Yields ``Progress`` after every denoiser evaluation, then one ``GenerationResult``."""
-        # 1. Resolve: validate the request and fill in the model's defaults.
+        # 1. Resolve: validate the request, fill in the model's defaults, and take the features it uses.
         req = self.resolve(req)
-        recorder = None
-        if req.attention_maps:  # Fig. 3: per-token cross-attention of the base stage
-            recorder = AttentionRecorder.for_request(self, req)
-            evaluate = recorder.wrap(evaluate)
+        features = [f for f in (F.for_request(self, req) for F in self.features) if f is not None]
+        for feature in features:
+            evaluate = feature.wrap(evaluate)
         t_start = time.perf_counter()
         timings: dict[str, float] = {}
         seeds = [req.seed + k for k in range(req.num_images)]
         with torch.inference_mode():
-            # 2. Condition: the encoders once; paint maps, style scale and the switched prompt.
-            gc, switched, notes = self.conditioning(req)
+            # 2. Condition: the encoders once per prompt field, then each feature (paint maps, style).
+            prompts, notes = self.conditioning(req, features)
             timings["encoders"] = time.perf_counter() - t_start
             count = _Count(nfe(req.sampler, req.steps) + sum(nfe(req.sampler, req.sr_steps) for _ in self.sr))
             trace: dict[str, list[dict]] = {}
@@ -258,8 +252,9 @@ class EDiffPipeline:
             for si, stage in enumerate(self.stages):
                 t0 = time.perf_counter()
                 noise_seeds = [s + 7919 * si for s in seeds]
-                stage_gc = gc if si == 0 else self._sr_conditioning(stage, x, gc, switched, req, noise_seeds)
-                x = yield from self._sample_stage(stage, stage_gc, switched if si == 0 else None, req, noise_seeds, evaluate, trace, count)
+                # an SR stage conditions on what the features leave of the base stage's last conditioning
+                stage_prompts = prompts if si == 0 else {"prompt": self._sr_conditioning(stage, x, features, req, prompts, noise_seeds)}
+                x = yield from self._sample_stage(stage, lambda sigma: self._at_sigma(features, req, sigma, stage_prompts), req, noise_seeds, evaluate, trace, count)
                 timings[stage.name] = time.perf_counter() - t0
                 # 4. Decode: [-1, 1] tensors to images, every stage's kept.
                 stage_images[stage.name] = to_pil(x)
@@ -278,21 +273,23 @@ class EDiffPipeline:
             }
             for s in seeds
         ]
-        yield GenerationResult(images, stage_images, metadata, timings, None if recorder is None else recorder.summary())
+        extra = {k: v for feature in features for k, v in feature.result().items()}
+        yield GenerationResult(images, stage_images, metadata, timings, **extra)
 
-    def _sr_conditioning(self, stage: Stage, x: Tensor, gc: GuidedCond, switched: GuidedCond | None, req: GenerationRequest, noise_seeds: list[int]) -> GuidedCond:
-        """A super-resolution stage's conditioning: the previous output upsampled plus augmentation noise."""
+    def _sr_conditioning(self, stage: Stage, x: Tensor, features: list[Feature], req: GenerationRequest, prompts: dict[str, GuidedCond],
+                         noise_seeds: list[int]) -> GuidedCond:
+        """A super-resolution stage's conditioning: what the features leave of the base stage's last
+        (``for_sr``), plus the previous output upsampled with augmentation noise."""
         lowres = torch.nn.functional.interpolate(x.clamp(-1, 1), size=(stage.resolution,) * 2, mode="bilinear", align_corners=False)
         aug = initial_noise([s + 104729 for s in noise_seeds], tuple(lowres.shape[1:]), stage.aug_sigma, self.device)
         n = len(noise_seeds)
         lr_cond = {"lowres": lowres + aug, "aug_sigma": torch.full((n,), stage.aug_sigma, device=self.device)}
-        sr_scale = torch.full((n,), float(req.sr_guidance))
-        # SR follows the prompt in force at the end of the base stage (Fig. 4's switch).
-        last = switched if switched is not None and req.switch_sigma > req.sigma_min else gc
-        plain = replace(last.cond, token_maps=None, pww_weight=None)
-        return GuidedCond(replace(plain, **lr_cond), replace(gc.uncond, **lr_cond), sr_scale)
+        gc = prompts["prompt"]
+        for feature in features:
+            gc = feature.for_sr(req, gc, prompts)
+        return GuidedCond(replace(gc.cond, **lr_cond), replace(gc.uncond, **lr_cond), torch.full((n,), float(req.sr_guidance)))
 
-    def _sample_stage(self, stage: Stage, stage_gc: GuidedCond, switched: GuidedCond | None, req: GenerationRequest, noise_seeds: list[int],
+    def _sample_stage(self, stage: Stage, at_sigma: Callable[[float], GuidedCond], req: GenerationRequest, noise_seeds: list[int],
                       evaluate: Evaluate, trace: dict, count: "_Count") -> Generator[Progress, None, Tensor]:
         """Drives the sampler over one stage through ``samplers.sample_steps``; yields ``Progress``, returns x."""
         steps = req.steps if not stage.is_sr else req.sr_steps
@@ -301,8 +298,7 @@ class EDiffPipeline:
         if req.dynamic_threshold:
             D = ThresholdedDenoiser(D)
         x = initial_noise(noise_seeds, (3, stage.resolution, stage.resolution), float(sigmas[0]), self.device)
-        run = sample_steps(req.sampler, lambda x, sigma, gc: evaluate(stage, D, x, sigma, gc), x, sigmas,
-                           lambda sigma: self._at_sigma(stage_gc, switched, req, sigma))
+        run = sample_steps(req.sampler, lambda x, sigma, gc: evaluate(stage, D, x, sigma, gc), x, sigmas, at_sigma)
         trace[stage.name] = []
         try:
             while True:
@@ -314,14 +310,12 @@ class EDiffPipeline:
         except StopIteration as finished:
             return finished.value
 
-    def _at_sigma(self, gc: GuidedCond, switched: GuidedCond | None, req: GenerationRequest, sigma: float) -> GuidedCond:
-        """The conditioning in force at σ: prompt switching (Fig. 4) and the style σ window."""
-        if switched is not None and sigma < req.switch_sigma:
-            gc = switched
-        if not style_active(sigma, req.style_sigma):
-            keep = torch.ones_like(gc.cond.keep)
-            keep[:, 2] = False
-            gc = GuidedCond(gc.cond.with_keep(keep), gc.uncond, gc.scale)
+    def _at_sigma(self, features: list[Feature], req: GenerationRequest, sigma: float, prompts: dict[str, GuidedCond]) -> GuidedCond:
+        """A stage's conditioning in force at σ: its prompt's, then each feature's ``at_sigma`` (``prompts``:
+        the stage's conditioning per prompt field; an SR stage has only ``prompt``)."""
+        gc = prompts["prompt"]
+        for feature in features:
+            gc = feature.at_sigma(req, sigma, gc, prompts)
         return gc
 
     def __call__(self, req: GenerationRequest, evaluate: Evaluate = _direct) -> GenerationResult:

@@ -40,25 +40,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ediff_core.features.attention_maps import token_map  # noqa: E402
 from ediff_core.tools.eval.alignment import check_alignment, detect_objects, eval_prompts  # noqa: E402
 from ediff_core.tools.eval.control import paint_placement_rate  # noqa: E402
-from ediff_core.core.guidance import GuidedCond  # noqa: E402
+from ediff_core.core.conditioning import Cond  # noqa: E402
+from ediff_core.features.paint_with_words import Paint  # noqa: E402
 from ediff_core.pipeline import EDiffPipeline  # noqa: E402
 from ediff_core.core.request import GenerationRequest  # noqa: E402
 
 
-class OutsideSuppressed(EDiffPipeline):
-    """The pipeline with each painted phrase's token maps set to m − λ(1 − m): w·A then also lowers
-    that phrase's logits outside its region (by λ times the in-region bias)."""
+class SuppressedOutside(Paint):
+    """Paint-with-words with each painted phrase's token maps set to m − λ(1 − m): w·A then also
+    lowers that phrase's logits outside its region (by λ times the in-region bias)."""
 
     outside = 1.0  # λ
 
-    def conditioning(self, req: GenerationRequest) -> tuple[GuidedCond, GuidedCond | None, dict]:
-        gc, switched, notes = super().conditioning(req)
-        maps = gc.cond.token_maps
+    def condition(self, pipe: EDiffPipeline, req: GenerationRequest, field: str, cond: Cond, notes: dict) -> Cond:
+        cond = super().condition(pipe, req, field, cond, notes)
+        maps = cond.token_maps
         if maps is not None:
             painted = (maps.flatten(2).amax(-1) > 0)[..., None, None]  # (B, S, 1, 1): the phrases' columns
-            maps = torch.where(painted, maps - self.outside * (1 - maps), maps)
-            gc = GuidedCond(replace(gc.cond, token_maps=maps), gc.uncond, gc.scale)
-        return gc, switched, notes
+            cond = replace(cond, token_maps=torch.where(painted, maps - self.outside * (1 - maps), maps))
+        return cond
+
+
+class OutsideSuppressed(EDiffPipeline):
+    """The pipeline with ``SuppressedOutside`` in place of ``Paint`` (a feature swapped in, core.feature)."""
+
+    features = tuple(SuppressedOutside if f is Paint else f for f in EDiffPipeline.features)
 
 
 def sr_vs_base(model: str, n: int, kinds: list[str]) -> None:
@@ -97,7 +103,7 @@ def paint(model: str, n: int, encoders: list[str], outside: float) -> None:
     for mode in encoders:
         painted_attention(plain, 4, mode)
     suppressed = OutsideSuppressed.from_pretrained(model)
-    suppressed.outside = outside
+    SuppressedOutside.outside = outside
     for mode in encoders:
         for name, pipe in (("paper (inside only)", plain), (f"inside and −{outside:g}× outside", suppressed)):
             r = paint_placement_rate(pipe, n, 0, True, encoders=mode)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
@@ -20,8 +20,9 @@ from torch import Tensor
 
 from ..core.attention import attention_hook, layer_hw
 from ..core.conditioning import key_layout
-from .paint_with_words import phrase_positions
+from ..core.feature import Feature
 from ..core.request import RequestError
+from .paint_with_words import phrase_positions
 
 if TYPE_CHECKING:
     from ..pipeline import EDiffPipeline, Evaluate, GenerationResult
@@ -36,8 +37,9 @@ class _Entry:
 
 
 @dataclass
-class AttentionRecorder:
-    """Collects head- and layer-averaged cross-attention of the base stage, one entry per evaluation.
+class AttentionRecorder(Feature):
+    """Collects head- and layer-averaged cross-attention of the base stage, one entry per evaluation
+    (the feature behind ``attention_maps``: ``GenerationResult.attention``).
 
     Args:
         resolution: the base stage's side in pixels (layers' grids are derived from it).
@@ -56,7 +58,9 @@ class AttentionRecorder:
     entries: list[_Entry] = field(default_factory=list)
 
     @classmethod
-    def for_request(cls, pipe: "EDiffPipeline", req: "GenerationRequest") -> "AttentionRecorder":
+    def for_request(cls, pipe: "EDiffPipeline", req: "GenerationRequest") -> Optional["AttentionRecorder"]:
+        if not req.attention_maps:
+            return None
         cfg = pipe.base.ensemble.experts[0].net.config
         levels = [i for i, a in enumerate(cfg.attention) if a]
         map_size = pipe.base.resolution >> (levels[0] if levels else 0)
@@ -96,6 +100,9 @@ class AttentionRecorder:
                 return evaluate(stage, D, x, sigma, gc)
 
         return recorded
+
+    def result(self) -> dict[str, Any]:
+        return {"attention": self.summary()}
 
     def summary(self) -> dict:
         """``GenerationResult.attention``: maps (T, B, S, h, w) per evaluation's σ, token names, shares."""

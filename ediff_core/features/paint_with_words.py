@@ -21,7 +21,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
@@ -31,13 +31,14 @@ from torch import Tensor
 
 from ..core.attention import layer_hw
 from ..core.conditioning import Cond, key_layout
-from ..data.shapes_world import COLORS
+from ..core.feature import Feature
+from ..core.guidance import GuidedCond
 from ..core.images import checked_image
-from ..core.request import RequestError
+from ..core.request import GenerationRequest, RequestError
+from ..data.shapes_world import COLORS
 
 if TYPE_CHECKING:
     from ..pipeline import EDiffPipeline
-    from ..core.request import GenerationRequest
 
 WORK_SIDE = 1024  # sketches are labelled at most this large (nearest-neighbour: no colour blending)
 COLOR_TOLERANCE = 80.0  # RGB distance within which a brush pixel snaps to a mapped colour
@@ -317,6 +318,21 @@ def token_maps(pipe: "EDiffPipeline", req: "GenerationRequest", cond: Cond, note
     if notes is not None and pm.warnings:
         notes.setdefault("paint_warnings", []).extend(pm.warnings)
     return replace(cond, token_maps=maps, pww_weight=torch.full((B,), float(req.pww_weight), device=cond.device))
+
+
+class Paint(Feature):
+    """The painted phrases' token maps on the prompt's conditioning (not the switched prompt's); the
+    super-resolution stages condition on the text alone (the bias acts at the base stage)."""
+
+    @classmethod
+    def for_request(cls, pipe: "EDiffPipeline", req: GenerationRequest) -> Optional["Paint"]:
+        return cls() if req.paint is not None else None
+
+    def condition(self, pipe: "EDiffPipeline", req: GenerationRequest, field: str, cond: Cond, notes: dict) -> Cond:
+        return token_maps(pipe, req, cond, notes) if field == "prompt" else cond
+
+    def for_sr(self, req: GenerationRequest, gc: GuidedCond, prompts: dict[str, GuidedCond]) -> GuidedCond:
+        return GuidedCond(replace(gc.cond, token_maps=None, pww_weight=None), gc.uncond, gc.scale)
 
 
 # ---- the bias -----------------------------------------------------------------------------------

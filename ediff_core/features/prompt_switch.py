@@ -8,15 +8,33 @@ expert ensemble (§4.1). ``prompt_switch_sweep`` measures that curve on any mode
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
+from ..core.feature import Feature
+from ..core.guidance import GuidedCond
 from ..core.request import GenerationRequest
 
 if TYPE_CHECKING:
     from ..pipeline import EDiffPipeline
+
+
+class PromptSwitch(Feature):
+    """``switch_prompt`` conditions the base stage for σ < ``switch_sigma``, and the SR stages when the
+    switch happened before the base stage's last step (they follow the prompt in force at its end)."""
+
+    @classmethod
+    def for_request(cls, pipe: "EDiffPipeline", req: GenerationRequest) -> Optional["PromptSwitch"]:
+        return cls() if req.switch_prompt is not None else None
+
+    def at_sigma(self, req: GenerationRequest, sigma: float, gc: GuidedCond, prompts: dict[str, GuidedCond]) -> GuidedCond:
+        switched = prompts.get("switch_prompt")  # absent at the SR stages: they switched (or not) in for_sr
+        return switched if switched is not None and sigma < req.switch_sigma else gc
+
+    def for_sr(self, req: GenerationRequest, gc: GuidedCond, prompts: dict[str, GuidedCond]) -> GuidedCond:
+        return prompts["switch_prompt"] if req.switch_sigma > req.sigma_min else gc
 
 
 @dataclass

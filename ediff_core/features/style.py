@@ -1,7 +1,7 @@
 """Style transfer (eDiff-I §5.3, Fig. 16): condition on the CLIP image embedding of a reference.
 
 The reference goes through the same CLIP image encoder as in training. Two controls, both
-applied by ``EDiffPipeline``:
+applied by the ``Style`` feature of ``EDiffPipeline``:
 
 - ``style_strength`` scales the image embedding (0 = off, exactly as if no reference was given);
 - ``style_sigma = (lo, hi)`` keeps the embedding only while σ ∈ [lo, hi]; outside the window the
@@ -15,14 +15,22 @@ and with paint-with-words (which only biases the text-token columns, §4.3).
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
+from ..core.conditioning import CLIP_IMAGE, Cond
+from ..core.feature import Feature
+from ..core.guidance import GuidedCond
 from ..core.images import checked_image
+from ..core.request import GenerationRequest
+
+if TYPE_CHECKING:
+    from ..pipeline import EDiffPipeline
 
 def reference_tensor(image: Image.Image, field: str = "style_image") -> Tensor:
     """A reference image as (1, 3, H, W) floats in [0, 1]; alpha is composited on white."""
@@ -33,10 +41,32 @@ def reference_tensor(image: Image.Image, field: str = "style_image") -> Tensor:
 
 
 def style_active(sigma: float, window: tuple[float, float] | None) -> bool:
-    """Whether the reference conditions the step at ``sigma`` (the rule of ``EDiffPipeline._at_sigma``)."""
+    """Whether the reference conditions the step at ``sigma`` (the rule of ``Style.at_sigma``)."""
     return window is None or window[0] <= sigma <= window[1]
 
 
 def style_steps(sigmas: Sequence[float], window: tuple[float, float] | None) -> list[bool]:
     """Per step of a schedule, whether the style is on: for UIs to show what a window covers."""
     return [style_active(float(s), window) for s in sigmas]
+
+
+class Style(Feature):
+    """The reference's CLIP image embedding, times ``style_strength``, on every prompt field; off outside ``style_sigma``."""
+
+    @classmethod
+    def for_request(cls, pipe: "EDiffPipeline", req: GenerationRequest) -> Optional["Style"]:
+        return cls() if req.style_image is not None and req.style_strength > 0 else None
+
+    def condition(self, pipe: "EDiffPipeline", req: GenerationRequest, field: str, cond: Cond, notes: dict) -> Cond:
+        images = reference_tensor(req.style_image).expand(cond.batch_size, -1, -1, -1)
+        embed = pipe.encoders.clip_image.encode_image(images).float().to(cond.device)
+        keep = cond.keep.clone()
+        keep[:, CLIP_IMAGE] = True
+        return replace(cond, image_embed=embed * req.style_strength, keep=keep)
+
+    def at_sigma(self, req: GenerationRequest, sigma: float, gc: GuidedCond, prompts: dict[str, GuidedCond]) -> GuidedCond:
+        if style_active(sigma, req.style_sigma):
+            return gc
+        keep = torch.ones_like(gc.cond.keep)
+        keep[:, CLIP_IMAGE] = False  # dropped as in training-time dropout (App. A)
+        return GuidedCond(gc.cond.with_keep(keep), gc.uncond, gc.scale)
