@@ -47,3 +47,18 @@ def test_every_front_end_is_derived_from_the_one_request_schema():
     assert props["sampler"]["anyOf"][0]["enum"] == list(SAMPLERS)
     assert props["seed"]["maximum"] == REQUEST_FIELDS["seed"].hi
     assert "style_strength" in StyleBody.model_fields and "pww_weight" in PaintBody.model_fields
+
+
+def test_the_public_names_load_from_the_package_on_first_use():
+    """``from ediff_core import EDiffPipeline, ...`` works, and importing the package loads no torch."""
+    import subprocess
+
+    import ediff_core
+
+    code = "import sys, ediff_core; assert 'torch' not in sys.modules, 'import ediff_core loaded torch'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+    for name in ediff_core.__all__:
+        value = getattr(ediff_core, name)
+        assert name.isupper() and len(value) > 0 or value.__name__ == name
+    with __import__("pytest").raises(AttributeError, match="no attribute 'Pipeline'"):
+        ediff_core.Pipeline  # noqa: B018
