@@ -57,12 +57,16 @@ class Style(Feature):
     def for_request(cls, pipe: "EDiffPipeline", req: GenerationRequest) -> Optional["Style"]:
         return cls() if req.style_image is not None and req.style_strength > 0 else None
 
+    def __init__(self) -> None:
+        self.embed: Tensor | None = None  # (B, D) the reference's embedding times the strength, encoded once a request
+
     def condition(self, pipe: "EDiffPipeline", req: GenerationRequest, field: str, cond: Cond, notes: dict) -> Cond:
-        images = reference_tensor(req.style_image).expand(cond.batch_size, -1, -1, -1)
-        embed = pipe.encoders.clip_image.encode_image(images).float().to(cond.device)
+        if self.embed is None:
+            images = reference_tensor(req.style_image).expand(cond.batch_size, -1, -1, -1)
+            self.embed = pipe.encoders.clip_image.encode_image(images).float().to(cond.device) * req.style_strength
         keep = cond.keep.clone()
         keep[:, CLIP_IMAGE] = True
-        return replace(cond, image_embed=embed * req.style_strength, keep=keep)
+        return replace(cond, image_embed=self.embed, keep=keep)
 
     def at_sigma(self, req: GenerationRequest, sigma: float, gc: GuidedCond, prompts: dict[str, GuidedCond]) -> GuidedCond:
         if style_active(sigma, req.style_sigma):
