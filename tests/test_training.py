@@ -275,3 +275,35 @@ def test_a_two_expert_layout_from_a_config_file_sets_the_jobs_the_baseline_and_t
     with pytest.raises(ValueError, match="layout: the leaf experts' expert σ intervals leave a gap"):
         run("tiny", "experts", tmp_path / "never", overrides={"layout": gap})
     assert not (tmp_path / "never").exists()
+
+
+def test_the_data_workers_encode_each_batch_as_the_main_process_would(out):
+    """feed.EncodingCollate: the batch a worker sends carries the encoders' output on its own captions and images."""
+    from dataclasses import fields, replace
+
+    from ediff_core.tools.training import batches, load_training_encoders
+
+    enc = load_training_encoders(out)
+    cfg = replace(PRESETS["tiny"], data_workers=1)
+    batch = next(iter(batches(cfg, 7, enc=enc)))
+    assert set(batch) >= {"cond", "caption", "image"}
+    again = enc.encode(list(batch["caption"]), (batch["image"] + 1) / 2)
+    for f in fields(again):
+        a, b = getattr(batch["cond"], f.name), getattr(again, f.name)
+        assert (a is None and b is None) or torch.allclose(a, b, atol=1e-6), f.name
+    assert "cond" not in next(iter(batches(cfg, 7)))  # without encoders the workers send the data only
+
+
+def test_encoding_in_the_workers_trains_what_encoding_in_the_main_process_trains(out, tmp_path):
+    import shutil
+
+    losses = {}
+    for flag in (True, False):
+        run_dir = tmp_path / f"run-{flag}"
+        shutil.copytree(out, run_dir)
+        run("tiny", "base", run_dir, overrides={"data_workers": 1, "encode_in_workers": flag, "base_steps": 4})
+        assert json.loads((run_dir / "base" / "shared" / "training.json").read_text())["config"]["encode_in_workers"] is flag
+        rows = list(csv.DictReader(open(run_dir / "_train" / "base" / "shared" / "loss.csv")))
+        losses[flag] = [float(r["loss"]) for r in rows]
+    assert len(losses[True]) == 4
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)

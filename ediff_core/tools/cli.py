@@ -188,7 +188,7 @@ def parse_dropout(items: list[str]) -> dict[str, float]:
     return rates
 
 
-TRAIN_OVERRIDES = ("base_steps", "expert_steps", "sr_steps", "threads", "batch_size", "data_workers", "lr", "seed", "save_every", "precision", "grounding")
+TRAIN_OVERRIDES = ("base_steps", "expert_steps", "sr_steps", "threads", "batch_size", "data_workers", "lr", "seed", "save_every", "precision", "grounding", "encode_in_workers")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -320,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=None, help="AdamW learning rate (preset mini: 3e-4; the paper: 1e-4), e.g. a lower one to anneal a resumed run")
     t.add_argument("--precision", default=None, choices=["fp32", "bf16"],
                    help="fp32 (default), or bf16 autocast for forward and backward with fp32 master weights, AdamW state and EMA (CPUs with AMX, CUDA)")
+    t.add_argument("--encode-in-workers", action=argparse.BooleanOptionalAction, default=None,
+                   help="on the CPU, the data workers also run the frozen encoders, beside the U-Net's step (default: on when --data-workers > 0)")
     t.add_argument("--grounding", type=float, default=None, metavar="W",
                    help="weight of the token-grounding loss pulling each object word's cross-attention into its mask (0, the default: the paper's training)")
     t.add_argument("--dropout", action="append", metavar="NAME=RATE",

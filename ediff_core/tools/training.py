@@ -35,7 +35,7 @@ from ..data.transforms import to_tensor as _to_tensor
 from .distributed import Ranks
 from ..core.embed import EncoderSet
 from ..core.experts import ExpertSpec, Interval, check_tiling, three_expert_specs
-from .feed import Feed
+from .feed import EncodingCollate, Feed, encodes_in_workers
 from ..core.loss import EDMLoss
 from ..core.networks import EDiffUNet, build_unet, denoiser
 from ..core.request import pick_device
@@ -74,6 +74,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     data_workers: int = 1
+    encode_in_workers: bool = True  # on the CPU, the data workers also run the frozen encoders (feed.EncodingCollate)
     toy_encoders: bool = False  # tests: 2-step encoders on 64 scenes instead of the real mini-T5 and mini-CLIP
     precision: str = "fp32"  # "bf16": forward and backward under bf16 autocast; weights, AdamW and EMA stay fp32
     grounding: float = 0.0  # W of the token-grounding loss on the base model's cross-attention (ediff_core.tools.grounding); 0 = the paper's training
@@ -194,10 +195,12 @@ class ShapesStream(IterableDataset):
             yield sample
 
 
-def batches(cfg: TrainConfig, seed: int, ranks: Ranks | None = None) -> Iterator[dict]:
+def batches(cfg: TrainConfig, seed: int, ranks: Ranks | None = None, enc: EncoderSet | None = None) -> Iterator[dict]:
+    """This rank's Shapes World batches; with ``enc`` the data workers also encode each one (``"cond"``)."""
     ranks = ranks or Ranks()
     loader = DataLoader(ShapesStream(cfg, seed, ranks.rank, ranks.world), batch_size=ranks.per_rank(cfg.batch_size),
-                        num_workers=cfg.data_workers, persistent_workers=cfg.data_workers > 0)
+                        num_workers=cfg.data_workers, persistent_workers=cfg.data_workers > 0,
+                        **({} if enc is None else {"collate_fn": EncodingCollate(enc)}))
     yield from loader
 
 
@@ -339,7 +342,8 @@ def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bo
         if new_csv:
             writer.writerow(["step", "loss", "lr", "seconds"] + (["grounding"] if recorder else []))
     t0 = time.time()
-    data = batches(cfg, cfg.seed * 100003 + step, ranks) if feed.source is None else feed.file_batches(cfg, step)
+    in_workers = enc if encodes_in_workers(cfg, device, feed.cache) else None
+    data = batches(cfg, cfg.seed * 100003 + step, ranks, in_workers) if feed.source is None else feed.file_batches(cfg, step, in_workers)
     bar = tqdm(total=job.steps, initial=step, desc=job.name, mininterval=10, smoothing=0.05, disable=not ranks.is_main)
     running = None
     saved = [step]
