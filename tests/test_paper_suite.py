@@ -49,6 +49,7 @@ def test_quick_suite_writes_every_finding_plot_and_page(model_with_baseline, tmp
 
     page = (tmp_path / "docs" / "results.md").read_text()
     assert saved["command"] in page and "wall-clock" in page
+    assert saved["training_objective"]["paper_faithful"] is True and "the paper's training objective" in page
     for f in saved["findings"].values():
         assert f["title"] in page and f["paper"] in page
         assert all(f"(results/{p})" in page for p in f["plots"])
@@ -123,3 +124,20 @@ def test_verdict_helpers():
     assert M.compare(0.01, 0.0, tol=0.02) == "tie"
     assert M.overall(["yes", "yes"]) == "yes" and M.overall(["yes", "no"]) == "partly"
     assert M.overall(["no", "inconclusive"]) == "no" and M.overall(["inconclusive"]) == "inconclusive"
+
+
+def test_the_report_states_whether_the_measured_model_was_trained_with_grounding(model_with_baseline, tmp_path):
+    from ediff_core.tools.eval.paper import training_objective
+    from ediff_core.tools.eval.paper_report import objective_line
+
+    folder = tmp_path / "grounded"
+    shutil.copytree(model_with_baseline, folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    first = index["base"]["experts"][0]
+    (folder / first["path"] / "training.json").write_text(json.dumps({"step": 5, "config": {"grounding": 0.1}}))
+    objective = training_objective(folder)
+    assert objective["paper_faithful"] is False and objective["grounding"][first["name"]] == 0.1
+    assert set(objective["grounding"]) == {e["name"] for e in index["base"]["experts"]}
+    line = objective_line(objective)[0]
+    assert "with token grounding" in line and f"{first['name']} W = 0.1" in line and "--grounding 0" in line
+    assert training_objective(model_with_baseline)["paper_faithful"] is True

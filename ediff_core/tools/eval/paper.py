@@ -66,6 +66,22 @@ def locate_model_folder(pipe: "EDiffPipeline", folder: str | Path | None) -> Pat
     return None
 
 
+def training_objective(folder: Path | None) -> dict | None:
+    """Which objective the base experts in ``folder`` were trained with: the token-grounding weight W
+    of each (``train --grounding``, beyond the paper; 0 or absent = the paper's EDM loss alone)."""
+    if folder is None:
+        return None
+    from ediff_core.core.model_folder import INDEX
+
+    experts = json.loads((folder / INDEX).read_text()).get("base", {}).get("experts", [])
+    weights = {}
+    for e in experts:
+        record = folder / e.get("path", "") / "training.json"
+        config = json.loads(record.read_text()).get("config", {}) if record.exists() else {}
+        weights[e["name"]] = float(config.get("grounding", 0.0))
+    return {"grounding": weights, "paper_faithful": all(w == 0 for w in weights.values())}
+
+
 def _display_path(path: Path) -> str:
     """``path`` relative to the working directory when it lies below it (reports carry no home paths)."""
     try:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ediff_core.tools.eval import metrics as M
 from ediff_core.tools.eval import paper_report
-from ediff_core.tools.eval.paper import FINDINGS, _display_path, baseline_folder, load_variant, locate_model_folder
+from ediff_core.tools.eval.paper import FINDINGS, _display_path, baseline_folder, load_variant, locate_model_folder, training_objective
 from ediff_core.tools.eval.suite import PRESETS, PaperConfig, Suite
 from ediff_core.tools.eval.paper_findings import CLAIMS, RUNNERS, TITLES
 
@@ -65,7 +65,8 @@ def _run(pipe: "EDiffPipeline", cfg: PaperConfig, out_dir: Path, markdown: Path,
     req = pipe.resolve(suite.request("x", 0))
     argv = sys.argv[1:] if sys.argv[1:2] == ["eval"] else ["eval", "--suite", "paper", "--out", str(out_dir), *(["--quick"] if quick else []), *(["--n", str(n)] if n else [])]
     results = {
-        "suite": "paper", "model": pipe.name, "model_folder": None if folder is None else _display_path(folder), "card": getattr(pipe, "card", {}),
+        "suite": "paper", "model": pipe.name, "model_folder": None if folder is None else _display_path(folder),
+        "training_objective": training_objective(folder), "card": getattr(pipe, "card", {}),
         "command": "python -m ediff_core " + " ".join(argv), "quick": quick, "config": asdict(cfg),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"), "device": str(pipe.device), "torch_threads": torch_threads(),
         "sampling": {"sampler": req.sampler, "steps": req.steps, "sr_steps": req.sr_steps, "default_guidance": req.guidance, "same_nfe_for_every_model": True},
