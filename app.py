@@ -22,6 +22,8 @@ log = logging.getLogger("ediff.app")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from server.protection import add_protection_flags, check_protection_args
+
     p = argparse.ArgumentParser(description="eDiff-I model server + web demo")
     # Hugging Face Spaces sets GRADIO_SERVER_NAME=0.0.0.0 and GRADIO_SERVER_PORT; Deta Space sets PORT.
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), help="interface to listen on (0.0.0.0 for all; default $GRADIO_SERVER_NAME or 127.0.0.1)")
@@ -35,57 +37,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-queue", type=int, default=int(os.environ.get("EDIFF_MAX_QUEUE", 32)), help="requests waiting + running before 'busy' (HTTP 503; default $EDIFF_MAX_QUEUE or 32)")
     p.add_argument("--max-running", type=int, default=16, help="requests generating at once (they share U-Net calls)")
     p.add_argument("--batch-window-ms", type=float, default=5.0, help="how long the batcher waits for more evaluations")
-    p.add_argument("--max-file-size", default="8mb", help="largest upload (UI files and base64 images; at most 8mb); the request body cap (HTTP 413) follows from it")
     p.add_argument("--mcp", action="store_true", default=os.environ.get("EDIFF_MCP") == "1", help="also serve the four generation endpoints as MCP tools at /gradio_api/mcp/ (needs requirements-serve.txt; default $EDIFF_MCP=1)")
     p.add_argument("--outputs", default=None, help="folder for generated PNGs (default: a new temporary folder)")
     g = p.add_argument_group("sharing and protection (issue #24; defaults are meant for a public instance)")
-    g.add_argument("--max-per-client", type=int, default=int(os.environ.get("EDIFF_MAX_PER_CLIENT", 4)), help="requests one client may have in flight (HTTP 429 beyond; default $EDIFF_MAX_PER_CLIENT or 4)")
-    g.add_argument("--client-budget", type=float, default=16.0, help="work one client may have in flight, in default requests (NFE x images x pixels of the model's default request; default 16); a client with nothing in flight is always admitted one request")
-    # On a Hugging Face Space (SPACE_ID is set) every visitor comes through the Space's proxy.
-    proxy = os.environ.get("EDIFF_TRUSTED_PROXY_HEADER") or ("X-Forwarded-For" if os.environ.get("SPACE_ID") else None)
-    g.add_argument("--trusted-proxy-header", default=proxy, metavar="NAME", help="behind a reverse proxy only: the header whose last address is the client's (e.g. X-Forwarded-For; X-Ediff-Client for a --server-url UI front; default $EDIFF_TRUSTED_PROXY_HEADER, or X-Forwarded-For on a Hugging Face Space)")
+    add_protection_flags(g)
     g.add_argument("--header-timeout", type=float, default=10.0, help="seconds a connection may take to send its request headers (slow clients are closed)")
-    g.add_argument("--body-timeout", type=float, default=30.0, help="seconds a request body may take to arrive (HTTP 408)")
     g.add_argument("--idle-timeout", type=int, default=5, help="seconds an idle keep-alive connection stays open")
     g.add_argument("--max-connections", type=int, default=512, help="concurrent connections before HTTP 503")
-    g.add_argument("--login-attempts", type=int, default=5, help="failed logins per client per minute before HTTP 429 (0 = no throttling)")
     args = p.parse_args(argv)
-    try:
-        args.max_file_bytes = file_size(args.max_file_size)
-    except ValueError as e:
-        p.error(f"--max-file-size: {e}")
-    for name in ("max_per_client", "max_connections"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("client_budget", "header_timeout", "body_timeout"):
-        if not getattr(args, name) > 0:
-            p.error(f"--{name.replace('_', '-')} must be above 0")
+    check_protection_args(p, args)
+    if args.max_connections < 1:
+        p.error("--max-connections must be at least 1")
+    if not args.header_timeout > 0:
+        p.error("--header-timeout must be above 0")
     for name in ("auth", "server_auth"):
         v = getattr(args, name)
         if v is not None and (":" not in v or not v.split(":", 1)[0]):
             p.error(f"--{name.replace('_', '-')} must be USER:PASS")
     return args
-
-
-def file_size(text: str) -> int:
-    """'8mb', '500kb', '1048576' -> bytes (1 kb = 1024); at most ``ediff_core.core.images.MAX_UPLOAD_BYTES``."""
-    from ediff_core.core.images import MAX_UPLOAD_BYTES
-
-    t = str(text).strip().lower().replace(" ", "")
-    units = {"gb": 2**30, "mb": 2**20, "kb": 2**10, "b": 1}
-    unit = next((u for u in units if t.endswith(u)), "")
-    try:
-        n = int(float(t[: len(t) - len(unit)]) * units.get(unit, 1))
-    except ValueError:
-        raise ValueError(f"{text!r} is not a size such as 8mb or 500kb") from None
-    if not 0 < n <= MAX_UPLOAD_BYTES:
-        raise ValueError(f"must be from 1 byte to {MAX_UPLOAD_BYTES // 2**20}mb; got {text!r}")
-    return n
-
-
-def body_cap(max_file_bytes: int) -> int:
-    """The request body cap: a base64-encoded upload of the largest size plus the JSON around it."""
-    return (max_file_bytes * 4) // 3 + 64 * 1024
 
 
 def _pair(v: str | None) -> tuple[str, str] | None:
@@ -132,10 +101,10 @@ def build_app(args: argparse.Namespace):
         from server.api import create_api
         from server.model import Model
 
-        from server.fairness import ClientLimits
+        from server.protection import client_limits
 
         model = Model.load(args.model, device=args.device, compile=args.compile, max_queue=args.max_queue, max_running=args.max_running, batch_window_ms=args.batch_window_ms)
-        model.scheduler.ledger.limits = ClientLimits(max_in_flight=args.max_per_client, budget=args.client_budget * model.default_cost())
+        model.scheduler.ledger.limits = client_limits(args.max_per_client, args.client_budget, model.default_cost())
         log.info("loaded %s on %s (%s)", model.name, model.pipe.device, model.backend)
         app = create_api(model, auth=auth, trusted_header=args.trusted_proxy_header)
     outputs = Outputs(args.outputs)
@@ -160,10 +129,9 @@ def build_app(args: argparse.Namespace):
 
 def guarded(app, args: argparse.Namespace):
     """``app`` behind ``server.guard.Guard``: the body cap and deadline, failed-login throttling."""
-    from server.guard import Guard, LoginThrottle
+    from server.protection import guard, guard_settings
 
-    throttle = LoginThrottle(max_failures=args.login_attempts) if args.login_attempts > 0 else None
-    return Guard(app, max_body=body_cap(args.max_file_bytes), body_timeout_s=args.body_timeout, throttle=throttle, trusted_header=args.trusted_proxy_header)
+    return guard(app, guard_settings(args))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,11 @@ Two deployments (docs/serving.md, "Ray Serve"):
   NDJSON stream has started, a last ``{"event": "error", "status": 503, ...}`` line): the request
   is safe to retry, and Ray starts a replacement replica.
 
+The protection of ``app.py`` holds here too (``server.protection``, the same flags): the ingress
+sits behind ``guard.Guard`` (body cap 413, body deadline 408, failed-login throttle 429) and
+counts each client's requests in flight over every replica (``--max-per-client``, 429); each
+replica's scheduler keeps each client's work budget there (``--client-budget``).
+
 ``python app.py --server-url http://HOST:PORT`` runs the Gradio UI against the ingress.
 """
 
@@ -34,6 +39,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from .asgi_bridge import HttpHead, HttpRequest, call_asgi
+from .fairness import ClientLimits, Ledger, TooManyRequests, client_key
+from .protection import add_protection_flags, check_protection_args, client_limits, guard, guard_settings
 
 log = logging.getLogger("ediff.ray_serve")
 
@@ -69,10 +76,13 @@ class ModelServer:
         device, compile, max_queue, max_running, batch_window_ms: as ``app.py``'s flags.
         threads: torch CPU threads for this replica (its ``num_cpus``).
         auth: (user, password) for HTTP Basic auth on /v1 routes; ``None`` = open.
+        trusted_header, max_per_client, client_budget: as the flags (``server.protection``); the
+            budget holds per replica.
     """
 
     def __init__(self, model: str | None = None, device: str = "auto", compile: str = "none", max_queue: int = 32, max_running: int = 16,
-                 batch_window_ms: float = 5.0, threads: int = 1, auth: tuple[str, str] | None = None):
+                 batch_window_ms: float = 5.0, threads: int = 1, auth: tuple[str, str] | None = None, trusted_header: str | None = None,
+                 max_per_client: int = 4, client_budget: float = 16.0):
         import ray
         import torch
         from ray import serve
@@ -82,7 +92,8 @@ class ModelServer:
 
         torch.set_num_threads(max(1, threads))
         self.model = Model.load(model, device=device, compile=compile, max_queue=max_queue, max_running=max_running, batch_window_ms=batch_window_ms)
-        self.api = create_api(self.model, auth=auth, title="eDiff-I model server (Ray Serve replica)")
+        self.model.scheduler.ledger.limits = client_limits(max_per_client, client_budget, self.model.default_cost())
+        self.api = create_api(self.model, auth=auth, title="eDiff-I model server (Ray Serve replica)", trusted_header=trusted_header)
         replica_id = serve.get_replica_context().replica_id.unique_id
         self.replica = {"id": replica_id, "pid": os.getpid(), "node": ray.util.get_node_ip_address(), "device": str(self.model.pipe.device)}
         self._headers = [(b"x-replica", replica_id.encode())]
@@ -104,15 +115,38 @@ class ModelServer:
 
 
 class Ingress:
-    """The HTTP entry point: forwards to ``ModelServer`` replicas, maps replica death to 503."""
+    """The HTTP entry point: forwards to ``ModelServer`` replicas, maps replica death to 503.
 
-    def __init__(self, model_server: Any, deployment: str = "ModelServer"):
+    Args:
+        model_server: the replicas' ``DeploymentHandle``.
+        guard: ``protection.guard_settings`` (the body cap and deadline, the login throttle); None = none.
+        max_per_client: requests one client may have in flight over all replicas (POST /v1/...).
+        trusted_header: behind a reverse proxy, the header naming the client (``fairness.client_key``).
+    """
+
+    def __init__(self, model_server: Any, deployment: str = "ModelServer", guard: dict | None = None, max_per_client: int = 4,
+                 trusted_header: str | None = None):
         self.model_server = model_server  # a DeploymentHandle
         self.deployment = deployment
+        self.guard, self.trusted_header = guard, trusted_header
+        self.ledger = Ledger(ClientLimits(max_in_flight=max_per_client, budget=None))  # the count only: costs are the replicas'
         self._counts: tuple[float, dict] = (0.0, {})
 
     def __serve_build_asgi_app__(self):
-        return ingress_app(self)
+        app = ingress_app(self)
+        return app if self.guard is None else guard(app, self.guard)
+
+    def admit(self, request: Request) -> str | None:
+        """Books a generation request for its client (raises ``TooManyRequests``); its key, or None if not counted."""
+        if request.method != "POST" or not request.url.path.startswith("/v1/"):
+            return None
+        key = client_key(request.client.host if request.client else None, request.headers, self.trusted_header)
+        self.ledger.admit(key, [0.0])
+        return key
+
+    def release(self, key: str | None) -> None:
+        if key is not None:
+            self.ledger.release(key, 0.0)
 
     def replica_counts(self) -> dict:
         """{"running": n, "target": m, "states": {...}} of the model deployment (cached briefly)."""
@@ -163,15 +197,28 @@ def ingress_app(ingress: Ingress):
 
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
     async def forward(request: Request, path: str):
-        client = (request.client.host, request.client.port) if request.client else None
-        req = HttpRequest(request.method, request.url.path, request.url.query.encode(), list(request.headers.raw), await request.body(), client)
-        stream = ingress.model_server.options(stream=True).http.remote(req)
-        try:  # the head, and the first chunk with it: until then a dead replica can still be a clean 503
+        try:
+            key = ingress.admit(request)
+        except TooManyRequests as e:  # the API's 429, before the body is read or a replica is asked
+            return JSONResponse({"error": "too_many_requests", "message": str(e)}, status_code=429, headers={"Retry-After": str(e.retry_after)})
+        stream = None
+        try:
+            client = (request.client.host, request.client.port) if request.client else None
+            req = HttpRequest(request.method, request.url.path, request.url.query.encode(), list(request.headers.raw), await request.body(), client)
+            stream = ingress.model_server.options(stream=True).http.remote(req)
+            # the head, and the first chunk with it: until then a dead replica can still be a clean 503
             head: HttpHead = await stream.__anext__()
             first = await anext(stream, b"")
         except (*dead, BackPressureError) as e:
-            stream.cancel()
+            if stream is not None:
+                stream.cancel()
+            ingress.release(key)
             return unavailable(e)
+        except BaseException:
+            if stream is not None:
+                stream.cancel()
+            ingress.release(key)
+            raise
         ndjson = (head.header(b"content-type") or b"").startswith(b"application/x-ndjson")
 
         async def body() -> AsyncIterator[bytes]:
@@ -187,6 +234,7 @@ def ingress_app(ingress: Ingress):
                 if ndjson:
                     yield (json.dumps({"event": "error", "status": 503, **replica_error_body(e)}) + "\n").encode()
             finally:
+                ingress.release(key)
                 if not finished:
                     stream.cancel()  # the client left (or the replica died): cancel downstream
 
@@ -217,7 +265,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-running", type=int, default=16, help="requests generating at once per replica (they share U-Net calls)")
     p.add_argument("--batch-window-ms", type=float, default=5.0)
     p.add_argument("--auth", default=os.environ.get("EDIFF_AUTH") or None, metavar="USER:PASS", help="require this login for /v1 routes (default $EDIFF_AUTH)")
+    add_protection_flags(p.add_argument_group("sharing and protection (as app.py's; defaults are meant for a public instance)"))
     args = p.parse_args(argv)
+    check_protection_args(p, args)
     if args.replicas < 1:
         p.error(f"--replicas must be at least 1; got {args.replicas}")
     if args.autoscale is not None:
@@ -258,11 +308,12 @@ def build_application(args: argparse.Namespace):
     )
     auth = None if args.auth is None else tuple(args.auth.split(":", 1))
     init = dict(model=args.model, device=args.device, compile=args.compile, max_queue=args.max_queue, max_running=args.max_running,
-                batch_window_ms=args.batch_window_ms, threads=max(1, int(args.num_cpus_per_replica)), auth=auth)
+                batch_window_ms=args.batch_window_ms, threads=max(1, int(args.num_cpus_per_replica)), auth=auth,
+                trusted_header=args.trusted_proxy_header, max_per_client=args.max_per_client, client_budget=args.client_budget)
     ingress = serve.deployment(serve.ingress()(this.Ingress), name="Ingress").options(
         num_replicas=1, max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": replica_env(args)}}
     )
-    return ingress.bind(model_server.bind(**init))
+    return ingress.bind(model_server.bind(**init), guard=guard_settings(args), max_per_client=args.max_per_client, trusted_header=args.trusted_proxy_header)
 
 
 def replica_env(args: argparse.Namespace) -> dict[str, str]:

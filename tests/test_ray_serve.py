@@ -1,7 +1,11 @@
 """``python -m server.ray_serve``: a real local Ray cluster with 2 CPU replicas of the tiny model,
 over real HTTP on loopback: every REST endpoint, spreading over replicas, a replica killed with
-SIGKILL mid-run (its requests get the retryable 503, the others complete, Ray replaces it), and
-the Gradio UI with ``--server-url`` at the ingress (gradio_client)."""
+SIGKILL mid-run (its requests get the retryable 503, the others complete, Ray replaces it), the
+protection of ``app.py`` at the ingress (body cap, body deadline, each client's share over every
+replica), and the Gradio UI with ``--server-url`` at the ingress (gradio_client).
+
+The server trusts ``X-Forwarded-For`` (``--trusted-proxy-header``), so a test names its clients:
+requests sent together from different "addresses" stand for different visitors."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import base64
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +33,8 @@ pytestmark = pytest.mark.serve
 
 PROMPT = "a red circle and a blue star"
 FAST = {"steps": 3, "sr_steps": 1}
+PER_CLIENT = 2  # --max-per-client
+BODY_TIMEOUT_S = 2.0  # --body-timeout
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +43,8 @@ def ray_server(tiny_model):
     port = free_port()
     log = Path(tempfile.mkstemp(prefix="ediff-ray-", suffix=".log")[1])
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-    cmd = [sys.executable, "-m", "server.ray_serve", "--replicas", "2", "--model", str(tiny_model), "--port", str(port), "--max-queue", "8"]
+    cmd = [sys.executable, "-m", "server.ray_serve", "--replicas", "2", "--model", str(tiny_model), "--port", str(port), "--max-queue", "8",
+           "--max-per-client", str(PER_CLIENT), "--trusted-proxy-header", "X-Forwarded-For", "--max-file-size", "64kb", "--body-timeout", str(BODY_TIMEOUT_S)]
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -63,8 +71,9 @@ def _health(url: str) -> dict:
     return r.json()
 
 
-def _post(url: str, route: str, body: dict, timeout: float = 120) -> httpx.Response:
-    return httpx.post(f"{url}{route}", json=body, timeout=timeout)
+def _post(url: str, route: str, body: dict, timeout: float = 120, client: str | None = None) -> httpx.Response:
+    """POST ``body``; ``client``: the address the (trusted) proxy header gives it."""
+    return httpx.post(f"{url}{route}", json=body, timeout=timeout, headers={"X-Forwarded-For": client} if client else None)
 
 
 def test_every_rest_endpoint_answers_through_the_ingress(ray_server):
@@ -95,16 +104,17 @@ def test_every_rest_endpoint_answers_through_the_ingress(ray_server):
 
 def test_concurrent_requests_spread_over_both_replicas(ray_server):
     with ThreadPoolExecutor(8) as pool:
-        rs = list(pool.map(lambda k: _post(ray_server, "/v1/generate", {"prompt": PROMPT, "seed": k, "steps": 8, "sr_steps": 1}), range(8)))
+        rs = list(pool.map(lambda k: _post(ray_server, "/v1/generate", {"prompt": PROMPT, "seed": k, "steps": 8, "sr_steps": 1}, client=f"10.0.1.{k}"), range(8)))
     assert all(r.status_code == 200 for r in rs), [r.text[:200] for r in rs if r.status_code != 200]
     served = {r.headers["x-replica"] for r in rs}
     assert len(served) == 2, f"all 8 requests went to {served}"
 
 
-def _stream_one(url: str, seed: int, seen: dict) -> dict:
+def _stream_one(url: str, seed: int, seen: dict, client: str | None = None) -> dict:
     """A long streamed request: records its replica at the head; returns its last event."""
     last = {}
-    with httpx.stream("POST", f"{url}/v1/generate", json={"prompt": PROMPT, "seed": seed, "steps": 200, "sr_steps": 1, "stream": True}, timeout=180) as s:
+    headers = {"X-Forwarded-For": client or f"10.0.2.{seed}"}
+    with httpx.stream("POST", f"{url}/v1/generate", json={"prompt": PROMPT, "seed": seed, "steps": 200, "sr_steps": 1, "stream": True}, timeout=180, headers=headers) as s:
         seen[seed] = s.headers["x-replica"]
         for line in s.iter_lines():
             if line.strip():
@@ -124,7 +134,7 @@ def _kill_round(ray_server) -> list:
     seen: dict[int, str] = {}
     with ThreadPoolExecutor(8) as pool:
         streams = {k: pool.submit(_stream_one, ray_server, k, seen) for k in range(4)}
-        plain = {k: pool.submit(_post, ray_server, "/v1/generate", {"prompt": PROMPT, "seed": k, "steps": 200, "sr_steps": 1}, 180) for k in range(4, 8)}
+        plain = {k: pool.submit(_post, ray_server, "/v1/generate", {"prompt": PROMPT, "seed": k, "steps": 200, "sr_steps": 1}, 180, f"10.0.2.{k}") for k in range(4, 8)}
         deadline = time.monotonic() + 60
         while (len(seen) < 4 or len(set(seen.values())) < 2) and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -171,6 +181,39 @@ def test_a_killed_replica_fails_its_requests_retryably_and_is_replaced(ray_serve
             break
     assert died, "in 3 rounds no plain request was on the killed replica"
 
+
+
+def test_a_client_past_its_share_is_refused_at_the_ingress_whatever_replica_it_would_reach(ray_server):
+    seen: dict[int, str] = {}
+    with ThreadPoolExecutor(PER_CLIENT) as pool:
+        streams = [pool.submit(_stream_one, ray_server, k, seen, "10.0.3.1") for k in range(PER_CLIENT)]
+        deadline = time.monotonic() + 60
+        while len(seen) < PER_CLIENT and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(seen) == PER_CLIENT, "the long streams never started"
+        refused = _post(ray_server, "/v1/generate", {"prompt": PROMPT, **FAST}, client="10.0.3.1")
+        other = _post(ray_server, "/v1/generate", {"prompt": PROMPT, **FAST}, client="10.0.3.2")
+        lasts = [f.result(timeout=180) for f in streams]
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0, refused.text
+    assert refused.json()["error"] == "too_many_requests" and f"limit {PER_CLIENT}" in refused.json()["message"]
+    assert other.status_code == 200, other.text  # another client keeps its share
+    assert all(last["event"] == "result" for last in lasts), lasts  # nothing already running was lost
+    assert _post(ray_server, "/v1/generate", {"prompt": PROMPT, **FAST}, client="10.0.3.1").status_code == 200  # released
+
+
+def test_the_ingress_caps_the_body_and_its_arrival_time(ray_server):
+    big = _post(ray_server, "/v1/style_transfer", {"prompt": PROMPT, "style_image": "A" * 200_000, **FAST})
+    assert big.status_code == 413 and big.json()["field"] == "body", big.text
+    host, port = ray_server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:  # a body that never finishes arriving
+        sock.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"prompt\"")
+        t0 = time.monotonic()
+        reply = b""
+        while chunk := sock.recv(4096):  # the answer, up to the close the guard asks for
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+    assert b'"field": "body"' in reply and time.monotonic() - t0 < BODY_TIMEOUT_S + 20
+    assert _health(ray_server)["status"] == "ok"
 
 
 def test_the_ui_with_server_url_generates_through_the_ingress(ray_server):

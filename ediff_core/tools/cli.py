@@ -321,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--precision", default=None, choices=["fp32", "bf16"],
                    help="fp32 (default), or bf16 autocast for forward and backward with fp32 master weights, AdamW state and EMA (CPUs with AMX, CUDA)")
     t.add_argument("--encode-in-workers", action=argparse.BooleanOptionalAction, default=None,
-                   help="on the CPU, the data workers also run the frozen encoders, beside the U-Net's step (default: on when --data-workers > 0)")
+                   help="on the CPU, the data workers also run the frozen encoders, beside the U-Net's step (default off: on 2 cores it was slower, 0.87-1.13x, model card)")
     t.add_argument("--grounding", type=float, default=None, metavar="W",
                    help="weight of the token-grounding loss pulling each object word's cross-attention into its mask (0, the default: the paper's training)")
     t.add_argument("--dropout", action="append", metavar="NAME=RATE",

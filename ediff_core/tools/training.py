@@ -74,7 +74,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     data_workers: int = 1
-    encode_in_workers: bool = True  # on the CPU, the data workers also run the frozen encoders (feed.EncodingCollate)
+    encode_in_workers: bool = False  # on the CPU, the data workers also run the frozen encoders (feed.EncodingCollate); slower on 2 cores (model card)
     toy_encoders: bool = False  # tests: 2-step encoders on 64 scenes instead of the real mini-T5 and mini-CLIP
     precision: str = "fp32"  # "bf16": forward and backward under bf16 autocast; weights, AdamW and EMA stay fp32
     grounding: float = 0.0  # W of the token-grounding loss on the base model's cross-attention (ediff_core.tools.grounding); 0 = the paper's training
