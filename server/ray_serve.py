@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -172,6 +172,21 @@ def _replica_errors() -> tuple[type[BaseException], ...]:
     return (RayActorError, DeploymentUnavailableError)
 
 
+class _ClosingResponse(StreamingResponse):
+    """A streamed response that calls ``on_close`` once it is over, also when the client left
+    before its body started (a generator's own ``finally`` never runs if it never started)."""
+
+    def __init__(self, content: AsyncIterator[bytes], status_code: int, on_close: Callable[[], None]):
+        super().__init__(content, status_code=status_code)
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
+
+
 def ingress_app(ingress: Ingress):
     """The ingress's FastAPI app: ``/health`` here, every other path forwarded to a replica."""
     from ray.serve.exceptions import BackPressureError
@@ -221,24 +236,26 @@ def ingress_app(ingress: Ingress):
             raise
         ndjson = (head.header(b"content-type") or b"").startswith(b"application/x-ndjson")
 
+        state = {"finished": False}
+
         async def body() -> AsyncIterator[bytes]:
-            finished = False
             try:
                 if first:
                     yield first
                 async for chunk in stream:
                     yield chunk
-                finished = True
+                state["finished"] = True
             except dead as e:  # mid-stream: the status is sent; NDJSON gets the API's error line
                 log.warning("replica died during a streamed response: %s", e)
                 if ndjson:
                     yield (json.dumps({"event": "error", "status": 503, **replica_error_body(e)}) + "\n").encode()
-            finally:
-                ingress.release(key)
-                if not finished:
-                    stream.cancel()  # the client left (or the replica died): cancel downstream
 
-        response = StreamingResponse(body(), status_code=head.status)
+        def closed() -> None:  # once the response is over, however it ended (even before its body started)
+            ingress.release(key)
+            if not state["finished"]:
+                stream.cancel()  # the client left (or the replica died): cancel downstream
+
+        response = _ClosingResponse(body(), status_code=head.status, on_close=closed)
         response.raw_headers = [(k, v) for k, v in head.headers if k.lower() != b"content-length"]
         return response
 
