@@ -110,11 +110,12 @@ def test_concurrent_requests_spread_over_both_replicas(ray_server):
     assert len(served) == 2, f"all 8 requests went to {served}"
 
 
-def _stream_one(url: str, seed: int, seen: dict, client: str | None = None) -> dict:
+def _stream_one(url: str, seed: int, seen: dict, client: str | None = None, num_images: int = 1) -> dict:
     """A long streamed request: records its replica at the head; returns its last event."""
     last = {}
     headers = {"X-Forwarded-For": client or f"10.0.2.{seed}"}
-    with httpx.stream("POST", f"{url}/v1/generate", json={"prompt": PROMPT, "seed": seed, "steps": 200, "sr_steps": 1, "stream": True}, timeout=180, headers=headers) as s:
+    body = {"prompt": PROMPT, "seed": seed, "steps": 200, "sr_steps": 1, "num_images": num_images, "stream": True}
+    with httpx.stream("POST", f"{url}/v1/generate", json=body, timeout=180, headers=headers) as s:
         seen[seed] = s.headers["x-replica"]
         for line in s.iter_lines():
             if line.strip():
@@ -186,12 +187,15 @@ def test_a_killed_replica_fails_its_requests_retryably_and_is_replaced(ray_serve
 def test_a_client_past_its_share_is_refused_at_the_ingress_whatever_replica_it_would_reach(ray_server):
     seen: dict[int, str] = {}
     with ThreadPoolExecutor(PER_CLIENT) as pool:
-        streams = [pool.submit(_stream_one, ray_server, k, seen, "10.0.3.1") for k in range(PER_CLIENT)]
+        # 8 images each: long enough that both are still running when the third request comes,
+        # even when one lands on a replica Ray has just started (its first request is slow)
+        streams = [pool.submit(_stream_one, ray_server, k, seen, "10.0.3.1", 8) for k in range(PER_CLIENT)]
         deadline = time.monotonic() + 60
         while len(seen) < PER_CLIENT and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(seen) == PER_CLIENT, "the long streams never started"
         refused = _post(ray_server, "/v1/generate", {"prompt": PROMPT, **FAST}, client="10.0.3.1")
+        assert not any(f.done() for f in streams), "a long stream ended before the third request was sent"
         other = _post(ray_server, "/v1/generate", {"prompt": PROMPT, **FAST}, client="10.0.3.2")
         lasts = [f.result(timeout=180) for f in streams]
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0, refused.text
