@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ediff_core.tools.feed import Feed  # noqa: E402
 from ediff_core.core.loss import EDMLoss  # noqa: E402
 from ediff_core.core.networks import build_unet, denoiser  # noqa: E402
-from ediff_core.tools.training import PRESETS, batches, load_training_encoders, precision_context  # noqa: E402
+from ediff_core.tools.precision import precision_context  # noqa: E402
+from ediff_core.tools.training import PRESETS, batches, load_training_encoders  # noqa: E402
 
 PHASES = ("data", "encoders", "forward", "backward", "optimizer")
 

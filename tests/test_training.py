@@ -11,7 +11,8 @@ from ediff_core.core.conditioning import drop_embeddings
 from ediff_core.core.experts import Interval, node
 from ediff_core.core.loss import EDMLoss
 from ediff_core.core.networks import build_unet, denoiser
-from ediff_core.tools.training import PRESETS, ShapesStream, _sr_inputs, baseline_job, expert_jobs, precision_context, run, write_model_index
+from ediff_core.tools.precision import precision_context
+from ediff_core.tools.training import PRESETS, ShapesStream, _sr_inputs, baseline_job, expert_jobs, run, write_model_index
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ resumes on the other. Which experts branch from the shared model is data: ``Trai
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
 import json
@@ -36,6 +35,7 @@ from .distributed import Ranks
 from ..core.embed import EncoderSet
 from ..core.experts import ExpertSpec, Interval, check_tiling, three_expert_specs
 from .feed import EncodingCollate, Feed, encodes_in_workers
+from .precision import check_precision, precision_context
 from ..core.loss import EDMLoss
 from ..core.networks import EDiffUNet, build_unet, denoiser
 from ..core.request import pick_device
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from ..data.spec import DataSpec
 
 CAPTION_MIX = {"short": 0.4, "medium": 0.3, "long": 0.3}
-PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -275,21 +274,6 @@ def _final_weights(out: Path, job_name: str) -> dict[str, Tensor]:
     if state.exists():
         return {k[4:]: v for k, v in load_file(str(state)).items() if k.startswith("ema.")}
     return EDiffUNet.from_pretrained(out / job_name, low_cpu_mem_usage=False).state_dict()
-
-
-def check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-
-
-def precision_context(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
-    """The forward pass's numerics: fp32 as is, or bf16 autocast on the CPU (AMX) or CUDA. The
-    parameters, their gradients, AdamW's moments and the EMA stay fp32 (mixed precision's master
-    weights), so only matmuls and convolutions run in bf16."""
-    check_precision(precision)
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
 def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = print,
