@@ -367,8 +367,7 @@ def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bo
         opt.step()
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
-            for pe, pn in zip(ema.parameters(), net.parameters()):
-                pe.lerp_(pn, 1 - decay)
+            torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1 - decay)
         step += 1
         ranks.stop_if_signalled()  # torchrun's SIGTERM takes effect here, between steps
         value = ranks.mean(loss.item(), x0.device)  # the global batch's losses (collectives: every rank)
