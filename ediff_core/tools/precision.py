@@ -26,13 +26,13 @@ class CpuAttentionKernels(TorchFunctionMode):
     """Under CPU bf16 autocast, runs each ``F.scaled_dot_product_attention`` on the kernel that is
     fastest for its shape; the attention computed is the same up to rounding.
 
-    PyTorch's CPU flash kernel is slower in bf16 than in fp32, and its math kernel (two matmuls on
-    AMX/AVX-512 bf16) wins when there are few keys. Forward plus backward at batch 32, head dim 32,
-    2 threads (2-core AMD EPYC with avx512_bf16, 2026-12-07, ``scripts/attention_kernels.py``):
-    256 queries × 256 keys: flash fp32 23.7 ms, flash bf16 31.0, math bf16 34.7; 256 × 77:
-    12.9, 21.5, 11.8; 64 × 64: 7.4, 17.5, 7.7. So self-attention over ``MANY_KEYS`` or more keys
-    runs flash in fp32 and returns bf16; everything else runs the math kernel in bf16. The kernel
-    chosen in the forward pass is the one autograd differentiates.
+    PyTorch's CPU flash kernel is slower in bf16 than in fp32 at every ediff-mini shape. Forward plus
+    backward in ms at batch 32, head dim 32, 2 threads (``scripts/attention_kernels.py``, 2-core AMD
+    EPYC with avx512_bf16, 2026-12-07), flash fp32 / flash bf16 / math bf16: 256 queries × 256 keys
+    24.9 / 31.1 / 35.8; 256 × 77: 12.0 / 16.6 / 10.6; 64 × 64: 4.8 / 10.5 / 7.2. So attention over
+    ``MANY_KEYS`` or more keys runs flash in fp32 and returns bf16; the rest runs the math kernel in
+    bf16, which a whole training step measured fastest of the mixes tried (flash fp32 for every
+    call was not timed in a whole step). Autograd differentiates the kernel the forward pass chose.
     """
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
