@@ -308,3 +308,50 @@ def test_encoding_in_the_workers_trains_what_encoding_in_the_main_process_trains
         losses[flag] = [float(r["loss"]) for r in rows]
     assert len(losses[True]) == 4
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_trimmed_padding_cuts_the_unused_text_keys_and_leaves_loss_and_gradients_as_they_were(tiny_model):
+    """Cond.without_padding (train's default): each text sequence cut to the batch's longest caption;
+    the masked keys it drops had zero attention weight, so the step is the same up to rounding."""
+    from dataclasses import replace
+
+    from ediff_core.tools.feed import Feed
+    from ediff_core.tools.training import batches, load_training_encoders
+
+    cfg = replace(PRESETS["tiny"], batch_size=4, data_workers=0)
+    enc = load_training_encoders(tiny_model)
+    batch = next(iter(batches(cfg, 3)))
+    batch["caption"] = ["a red circle", "two blue squares on a dotted background", "a star", "a small green triangle at the top left"]
+    torch.manual_seed(0)
+    net = build_unet(cfg.base_unet, cfg.base_resolution, enc.dims).float().train()
+    results = {}
+    for trim in (False, True):
+        gen = torch.Generator().manual_seed(1)
+        cond = Feed().conditioning(enc, batch, replace(cfg, trim_padding=trim), gen)
+        net.zero_grad(set_to_none=True)
+        loss = EDMLoss()(denoiser(net), batch["base"], cond, gen).mean()
+        loss.backward()
+        results[trim] = cond, loss.detach(), [p.grad.clone() for p in net.parameters()]
+    (full, loss_full, g_full), (cut, loss_cut, g_cut) = results[False], results[True]
+    assert full.clip_tokens.shape[1] == enc.clip_text.max_length and full.t5_tokens.shape[1] == enc.t5.max_length
+    longest_clip, longest_t5 = int(full.clip_mask.sum(1).max()), int(full.t5_mask.sum(1).max())
+    assert cut.clip_tokens.shape[1] == cut.clip_mask.shape[1] == longest_clip < enc.clip_text.max_length
+    assert cut.t5_tokens.shape[1] == cut.t5_mask.shape[1] == longest_t5 < enc.t5.max_length
+    assert torch.equal(cut.clip_tokens, full.clip_tokens[:, :longest_clip]) and torch.equal(cut.t5_mask, full.t5_mask[:, :longest_t5])
+    assert not full.clip_mask[:, longest_clip:].any() and not full.t5_mask[:, longest_t5:].any()
+    torch.testing.assert_close(loss_cut, loss_full, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g_cut, g_full):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_trimmed_padding_refuses_paint_with_words_maps():
+    from ediff_core.core.conditioning import Cond
+
+    B = 2
+    cond = Cond(clip_tokens=torch.zeros(B, 77, 4), clip_mask=torch.zeros(B, 77, dtype=torch.bool), clip_pooled=torch.zeros(B, 4),
+                t5_tokens=torch.zeros(B, 8, 4), t5_mask=torch.zeros(B, 8, dtype=torch.bool), image_embed=torch.zeros(B, 4),
+                keep=torch.ones(B, 3, dtype=torch.bool), token_maps=torch.zeros(B, 87, 2, 2))
+    with pytest.raises(ValueError, match="paint-with-words maps"):
+        cond.without_padding()
+    kept = cond.__class__(**{**cond.__dict__, "token_maps": None}).without_padding()
+    assert kept.clip_tokens.shape[1] == 1 and kept.t5_tokens.shape[1] == 1  # nothing real: one column each is left
