@@ -2,19 +2,16 @@
 worker, its logging, its EMA and saves), in configurations taken in turn (ABAB...), so a neighbour
 on a shared CPU slows all alike (#26.2; ``train_throughput.py`` splits one step instead).
 
-A configuration is PRECISION:WHERE[:KEYS], WHERE being where the frozen encoders run: ``main``
-(before the U-Net's step, as before 2026-12-07: ``--no-encode-in-workers``) or ``workers`` (in the
-data worker, beside the step); KEYS is ``trim`` (the default: each batch's caption keys cut to its
-longest caption, ``--trim-padding``) or ``full`` (the fixed lengths, ``--no-trim-padding``).
-``fp32:main:full``, the recipe as issue #26 found it, is the baseline every ratio is taken against,
-pair by pair.
+A configuration is PRECISION:WHERE, WHERE being where the frozen encoders run: ``main`` (before
+the U-Net's step, as before 2026-12-07: ``--no-encode-in-workers``) or ``workers`` (in the data
+worker, beside the step). ``fp32:main`` is the baseline every ratio is taken against, pair by pair.
 
 Each run trains the ``mini`` base model from scratch for ``--minutes`` in a fresh folder (the
 shipped encoders copied in); its rate is read from the run's ``loss.csv`` after ``--skip`` steps,
 so start-up (loading, the data worker's first batch, kernel selection) is left out.
 
 Usage: HF_HUB_OFFLINE=1 .venv/bin/python scripts/recipe_throughput.py [--rounds 2] [--minutes 1.5]
-       [--configs fp32:main,bf16:main,bf16:main:full] [--json OUT]
+       [--configs fp32:main,bf16:main,fp32:workers,bf16:workers] [--json OUT]
 """
 
 from __future__ import annotations
@@ -31,20 +28,18 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BASELINE = "fp32:main:full"  # the recipe as issue #26 found it
 
 
 def run(config: str, minutes: float, threads: int, skip: int) -> float:
     """Steps per second of one ``train`` run after its first ``skip`` steps."""
-    precision, where, keys = config.split(":")
-    with tempfile.TemporaryDirectory(prefix=f"recipe-{precision}-{where}-{keys}-") as tmp:
+    precision, where = config.split(":")
+    with tempfile.TemporaryDirectory(prefix=f"recipe-{precision}-{where}-") as tmp:
         out = Path(tmp)
         for part in ("t5", "clip"):
             shutil.copytree(ROOT / "checkpoints" / "ediff-mini" / part, out / part)
         cmd = [sys.executable, "-m", "ediff_core", "train", "--preset", "mini", "--stage", "base", "--out", str(out), "--base-steps", "1000000",
                "--threads", str(threads), "--precision", precision, "--minutes", str(minutes),
-               "--encode-in-workers" if where == "workers" else "--no-encode-in-workers",
-               "--trim-padding" if keys == "trim" else "--no-trim-padding"]
+               "--encode-in-workers" if where == "workers" else "--no-encode-in-workers"]
         subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         with open(out / "_train" / "base" / "shared" / "loss.csv") as f:
             rows = [(int(r["step"]), float(r["seconds"])) for r in csv.DictReader(f)]
@@ -60,28 +55,25 @@ def main() -> int:
     p.add_argument("--minutes", type=float, default=1.5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip", type=int, default=10, help="first steps of each run left out of its rate")
-    p.add_argument("--configs", default="fp32:main,bf16:main,bf16:main:full",
-                   help="comma-separated PRECISION:WHERE[:KEYS] (fp32|bf16 : main|workers : trim|full); fp32:main:full is added as the baseline")
+    p.add_argument("--configs", default="fp32:main,bf16:main,fp32:workers,bf16:workers",
+                   help="comma-separated PRECISION:WHERE (fp32|bf16 : main|workers); fp32:main is added as the baseline")
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args()
-    configs = []
-    for c in [BASELINE] + a.configs.split(","):
-        parts = c.split(":") + (["trim"] if c.count(":") == 1 else [])
-        if len(parts) != 3 or parts[0] not in ("fp32", "bf16") or parts[1] not in ("main", "workers") or parts[2] not in ("trim", "full"):
-            p.error(f"--configs: each entry is PRECISION:WHERE[:KEYS] with fp32|bf16, main|workers and trim|full; got {c!r}")
-        if ":".join(parts) not in configs:
-            configs.append(":".join(parts))
+    configs = ["fp32:main"] + [c for c in a.configs.split(",") if c != "fp32:main"]
+    for c in configs:
+        if c.count(":") != 1 or c.split(":")[0] not in ("fp32", "bf16") or c.split(":")[1] not in ("main", "workers"):
+            p.error(f"--configs: each entry is PRECISION:WHERE with fp32|bf16 and main|workers; got {c!r}")
     rates: dict[str, list[float]] = {c: [] for c in configs}
     for k in range(a.rounds):
         for c in configs:
             rates[c].append(run(c, a.minutes, a.threads, a.skip))
             print(f"round {k + 1}: {c} {rates[c][-1]:.3f} steps/s", flush=True)
     batch = 32  # the mini preset's batch
-    ratios = {c: [round(r / f, 3) for f, r in zip(rates[BASELINE], rates[c])] for c in configs[1:]}
+    ratios = {c: [round(r / f, 3) for f, r in zip(rates["fp32:main"], rates[c])] for c in configs[1:]}
     report = {"date": time.strftime("%Y-%m-%d"), "minutes": a.minutes, "threads": a.threads, "rounds": a.rounds,
               "steps_per_s": {c: [round(r, 3) for r in v] for c, v in rates.items()},
               "samples_per_s": {c: round(batch * statistics.median(v), 1) for c, v in rates.items()},
-              "baseline": BASELINE, "ratios_vs_baseline": ratios, "median_vs_baseline": {c: round(statistics.median(v), 3) for c, v in ratios.items()}}
+              "ratios_vs_fp32_main": ratios, "median_vs_fp32_main": {c: round(statistics.median(v), 3) for c, v in ratios.items()}}
     print(json.dumps(report))
     if a.json:
         a.json.write_text(json.dumps(report, indent=1))

@@ -88,22 +88,6 @@ class Cond:
             keep=keep,
         )
 
-    def without_padding(self) -> "Cond":
-        """The batch with the text positions no row uses cut off (each sequence to its longest real
-        length). Exact for the U-Net: a key masked in every row gets zero attention weight (the
-        additive −10⁴ underflows in the softmax), so only the summation order changes. Training
-        uses it; inference keeps the fixed lengths, which paint-with-words' maps and batching rely on.
-        """
-        if self.token_maps is not None:
-            raise ValueError("without_padding: paint-with-words maps are laid out over the full key sequence")
-        def used(mask: Tensor) -> int:  # one past the last position real in any row (at least 1)
-            real = mask.any(0).nonzero()
-            return int(real.max()) + 1 if real.numel() else 1
-
-        lc, lt = used(self.clip_mask), used(self.t5_mask)
-        return replace(self, clip_tokens=self.clip_tokens[:, :lc], clip_mask=self.clip_mask[:, :lc],
-                       t5_tokens=self.t5_tokens[:, :lt], t5_mask=self.t5_mask[:, :lt])
-
     def unconditional(self) -> "Cond":
         """All three embeddings dropped: the input of classifier-free guidance's negative branch."""
         return replace(self.with_keep(torch.zeros_like(self.keep)), token_maps=None, pww_weight=None)

@@ -188,7 +188,7 @@ def parse_dropout(items: list[str]) -> dict[str, float]:
     return rates
 
 
-TRAIN_OVERRIDES = ("base_steps", "expert_steps", "sr_steps", "threads", "batch_size", "data_workers", "lr", "seed", "save_every", "precision", "grounding", "encode_in_workers", "trim_padding")
+TRAIN_OVERRIDES = ("base_steps", "expert_steps", "sr_steps", "threads", "batch_size", "data_workers", "lr", "seed", "save_every", "precision", "grounding", "encode_in_workers")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -322,8 +322,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fp32 (default), or bf16 autocast for forward and backward with fp32 master weights, AdamW state and EMA (CPUs with AMX, CUDA)")
     t.add_argument("--encode-in-workers", action=argparse.BooleanOptionalAction, default=None,
                    help="on the CPU, the data workers also run the frozen encoders, beside the U-Net's step (default off: on 2 cores it was slower, 0.87-1.13x, model card)")
-    t.add_argument("--trim-padding", action=argparse.BooleanOptionalAction, default=None,
-                   help="cut each batch's caption keys to its longest caption (default on; exact, as masked keys get no attention weight); --no-trim-padding: the fixed lengths, bit for bit as runs before 2026-12-07")
     t.add_argument("--grounding", type=float, default=None, metavar="W",
                    help="weight of the token-grounding loss pulling each object word's cross-attention into its mask (0, the default: the paper's training)")
     t.add_argument("--dropout", action="append", metavar="NAME=RATE",

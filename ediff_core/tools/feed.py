@@ -68,8 +68,6 @@ class Feed:
         else:
             images01 = (batch["image"] + 1) / 2
             cond = enc.encode(list(batch["caption"]), images01, images01.device)  # on the batch's device
-        if cfg.trim_padding:
-            cond = cond.without_padding()
         return drop_embeddings(cond, cfg.dropout, gen, rows=self.ranks.rows(cfg.batch_size))
 
     def record(self) -> dict | None:

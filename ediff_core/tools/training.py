@@ -73,7 +73,6 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     data_workers: int = 1
-    trim_padding: bool = True  # cut each batch's text keys to its longest caption (Cond.without_padding: exact, fewer keys); False: the fixed lengths, as before 2026-12-07
     encode_in_workers: bool = False  # on the CPU, the data workers also run the frozen encoders (feed.EncodingCollate); slower on 2 cores (model card)
     toy_encoders: bool = False  # tests: 2-step encoders on 64 scenes instead of the real mini-T5 and mini-CLIP
     precision: str = "fp32"  # "bf16": forward and backward under bf16 autocast; weights, AdamW and EMA stay fp32
