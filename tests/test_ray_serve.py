@@ -184,24 +184,34 @@ def test_a_killed_replica_fails_its_requests_retryably_and_is_replaced(ray_serve
 
 
 
-def test_a_client_past_its_share_is_refused_at_the_ingress_whatever_replica_it_would_reach(ray_server):
+def _share_round(url: str) -> tuple[httpx.Response, httpx.Response, list] | None:
+    """Two long streams of one client, then its third request and another client's; ``None``
+    when a stream ended before the third request was answered (the round proves nothing: a
+    replica Ray has just started can hold one stream's head back until the other is done)."""
     seen: dict[int, str] = {}
     with ThreadPoolExecutor(PER_CLIENT) as pool:
-        # 8 images each: long enough that both are still running when the third request comes,
-        # even when one lands on a replica Ray has just started (its first request is slow)
-        streams = [pool.submit(_stream_one, ray_server, k, seen, "10.0.3.1", 8) for k in range(PER_CLIENT)]
+        streams = [pool.submit(_stream_one, url, k, seen, "10.0.3.1", 8) for k in range(PER_CLIENT)]
         deadline = time.monotonic() + 60
         while len(seen) < PER_CLIENT and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(seen) == PER_CLIENT, "the long streams never started"
-        refused = _post(ray_server, "/v1/generate", {"prompt": PROMPT, **FAST}, client="10.0.3.1")
-        assert not any(f.done() for f in streams), "a long stream ended before the third request was sent"
-        other = _post(ray_server, "/v1/generate", {"prompt": PROMPT, **FAST}, client="10.0.3.2")
+        refused = _post(url, "/v1/generate", {"prompt": PROMPT, **FAST}, client="10.0.3.1")
+        both_running = not any(f.done() for f in streams)
+        other = _post(url, "/v1/generate", {"prompt": PROMPT, **FAST}, client="10.0.3.2")
         lasts = [f.result(timeout=180) for f in streams]
+    assert all(last["event"] == "result" for last in lasts), lasts  # nothing already running was lost
+    return (refused, other, lasts) if both_running else None
+
+
+def test_a_client_past_its_share_is_refused_at_the_ingress_whatever_replica_it_would_reach(ray_server):
+    for _ in range(3):
+        if (found := _share_round(ray_server)) is not None:
+            break
+    assert found is not None, "in 3 rounds a long stream always ended before the third request was answered"
+    refused, other, _ = found
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0, refused.text
     assert refused.json()["error"] == "too_many_requests" and f"limit {PER_CLIENT}" in refused.json()["message"]
     assert other.status_code == 200, other.text  # another client keeps its share
-    assert all(last["event"] == "result" for last in lasts), lasts  # nothing already running was lost
     assert _post(ray_server, "/v1/generate", {"prompt": PROMPT, **FAST}, client="10.0.3.1").status_code == 200  # released
 
 
