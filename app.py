@@ -54,6 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         v = getattr(args, name)
         if v is not None and (":" not in v or not v.split(":", 1)[0]):
             p.error(f"--{name.replace('_', '-')} must be USER:PASS")
+    if args.mcp and args.auth:
+        # Gradio's MCP route is not behind the login: it would list the tools to anyone, and its
+        # callback to the app (without the login) fails every tool call.
+        p.error("--mcp cannot be combined with --auth (or $EDIFF_MCP=1 with $EDIFF_AUTH): Gradio's MCP server is not behind the login; use one of them, or put an authenticating proxy in front of an --mcp instance")
     return args
 
 

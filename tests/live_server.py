@@ -68,7 +68,7 @@ def start_app(args: list[str], timeout_s: float = 180.0) -> AppProcess:
     port = free_port()
     log = Path(tempfile.mkstemp(prefix="ediff-app-", suffix=".log")[1])
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
-    for name in ("PORT", "GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "EDIFF_AUTH", "EDIFF_MAX_QUEUE", "EDIFF_MAX_PER_CLIENT", "EDIFF_TRUSTED_PROXY_HEADER", "SPACE_ID"):
+    for name in ("PORT", "GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "EDIFF_AUTH", "EDIFF_MCP", "EDIFF_MAX_QUEUE", "EDIFF_MAX_PER_CLIENT", "EDIFF_TRUSTED_PROXY_HEADER", "SPACE_ID"):
         env.pop(name, None)
     with open(log, "w") as fh:
         proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), *args, "--port", str(port)], cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env)
