@@ -28,7 +28,7 @@ from ediff_core.tools.feed import Feed  # noqa: E402
 from ediff_core.core.loss import EDMLoss  # noqa: E402
 from ediff_core.core.networks import build_unet, denoiser  # noqa: E402
 from ediff_core.tools.precision import precision_context  # noqa: E402
-from ediff_core.tools.training import PRESETS, batches, load_training_encoders  # noqa: E402
+from ediff_core.tools.training import PRESETS, batches, ema_step, load_training_encoders  # noqa: E402
 
 PHASES = ("data", "encoders", "forward", "backward", "optimizer")
 
@@ -62,9 +62,7 @@ class Arm:
         with record_function(f"{self.name}/optimizer"):
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
             self.opt.step()
-            with torch.no_grad():
-                for pe, pn in zip(self.ema.parameters(), self.net.parameters()):
-                    pe.lerp_(pn, 1 - self.cfg.ema_decay)
+            ema_step(self.ema, self.net, self.cfg.ema_decay)
         self.seconds.append(time.perf_counter() - t0)
 
 

@@ -217,6 +217,12 @@ class Job:
     init: str | None = None  # another job whose final EMA weights initialise this one
 
 
+@torch.no_grad()
+def ema_step(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None:
+    """ema ← decay·ema + (1 − decay)·net, over all parameters in one fused call."""
+    torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1 - decay)
+
+
 def _lr(cfg: TrainConfig, step: int) -> float:
     """Linear warm-up over ``cfg.warmup`` steps, then constant; ``step`` counts from the optimizer's start."""
     return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
@@ -365,9 +371,7 @@ def train_job(job: Job, out: Path, enc: EncoderSet, cfg: TrainConfig, resume: bo
         (loss if recorder is None else loss + cfg.grounding * ground).backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1 - decay)
+        ema_step(ema, net, min(cfg.ema_decay, (1 + step) / (10 + step)))
         step += 1
         ranks.stop_if_signalled()  # torchrun's SIGTERM takes effect here, between steps
         value = ranks.mean(loss.item(), x0.device)  # the global batch's losses (collectives: every rank)
