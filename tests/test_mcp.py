@@ -67,15 +67,16 @@ def test_the_sse_transport_lists_the_tools_too(mcp_url):
 
 
 @pytest.mark.parametrize("flags, env", [(["--mcp", "--auth", "alice:wonder"], {}), ([], {"EDIFF_MCP": "1", "EDIFF_AUTH": "alice:wonder"})])
-def test_mcp_with_a_login_is_refused_at_start_up_naming_both(flags, env):
+def test_mcp_with_a_login_is_refused_at_start_up_naming_both(flags, env, monkeypatch, capsys):
     """Gradio's MCP route is not behind the login (it lists the tools to anyone), so the pair is refused."""
-    import os
-    import subprocess
-    import sys
+    from app import parse_args
 
-    from live_server import ROOT
-
-    run_env = {k: v for k, v in os.environ.items() if k not in ("EDIFF_MCP", "EDIFF_AUTH")} | env
-    proc = subprocess.run([sys.executable, str(ROOT / "app.py"), *flags, "--port", "1"], cwd=ROOT, env=run_env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr[-800:]
-    assert "--mcp cannot be combined with --auth" in proc.stderr and "$EDIFF_AUTH" in proc.stderr, proc.stderr[-800:]
+    for name in ("EDIFF_MCP", "EDIFF_AUTH"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(flags)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err[-800:]
+    assert "--mcp cannot be combined with --auth" in err and "$EDIFF_AUTH" in err, err[-800:]
